@@ -1,0 +1,191 @@
+"""DIMSE messages to and from P-DATA-TF PDUs: fragmentation under the peer's limit, and reassembly.
+
+Owns: cutting a command set or a data set into PDVs whose P-DATA-TF fits the negotiated maximum PDU
+length, and turning incoming PDVs back into whole commands plus a stream of data set fragments in
+order, enforcing the PS3.7/PS3.8 ordering rules.
+Must not know: sockets, the association state machine, presentation context negotiation (whether a
+context id was accepted is the runner's check), what a data set contains, where it is stored.
+
+References: PS3.8 9.3.5 (P-DATA-TF, PDV items), PS3.8 Annex E.2 (message control header),
+PS3.7 6.3.1 and 9.3 (a message is a command set, then at most one data set, each in its own PDVs
+of one presentation context).
+
+The reassembler never buffers data set bytes: each data set PDV is handed out as it arrives, so a
+C-STORE of any size costs memory for one PDU, and the caller streams it to its sink. Only command
+sets are buffered, and they are capped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from dicomd.dimse.messages import (
+    MAX_COMMAND_LENGTH,
+    DIMSEDecodeError,
+    Message,
+    decode_command,
+    has_dataset,
+)
+from dicomd.ul.codes import AbortReason, LocalProtocolError, RemoteProtocolError
+from dicomd.ul.pdu import PDV, PDataTF
+
+__all__ = [
+    "UNLIMITED_CHUNK",
+    "CommandReceived",
+    "DatasetFragment",
+    "MessageAssembler",
+    "fragment",
+]
+
+# PS3.8 9.3.5: a PDV item is 4-byte item length + 1-byte context id + 1-byte message control header
+# + data, and the PDU-length of a P-DATA-TF counts whole PDV items, so one PDV per PDU leaves
+# max_pdu_length - 6 bytes of data.
+_PDV_OVERHEAD: Final = 6
+# Maximum Length 0 means "no limit" (PS3.8 D.1); we still cut, so no single PDU is unboundedly big.
+UNLIMITED_CHUNK: Final = 1 << 20
+
+_COMMAND_BIT: Final = 0x01  # PS3.8 E.2 bit 0: 1 = command information, 0 = data set information
+_LAST_BIT: Final = 0x02  # PS3.8 E.2 bit 1: 1 = last fragment of this command or data set
+
+
+def fragment(
+    context_id: int,
+    data: bytes | bytearray | memoryview,
+    *,
+    is_command: bool,
+    max_pdu_length: int,
+) -> Iterator[PDataTF]:
+    """P-DATA-TF PDUs carrying `data`, one PDV each, every PDU-length field <= max_pdu_length.
+
+    `max_pdu_length` is the peer's Maximum Length (0 = unlimited). Lazy: a PDU is cut only when
+    asked for, and slices of `data` are copied one PDV at a time. An empty `data` still yields one
+    PDV, with the last-fragment bit, because the receiver needs that bit to end the message.
+    Arguments are checked at the call, not at the first iteration.
+    """
+    if not 1 <= context_id <= 255:
+        raise LocalProtocolError(f"presentation context id {context_id} is not 1..255")
+    if max_pdu_length == 0:
+        chunk = UNLIMITED_CHUNK
+    elif max_pdu_length > _PDV_OVERHEAD:
+        chunk = max_pdu_length - _PDV_OVERHEAD
+    else:
+        raise LocalProtocolError(f"maximum PDU length {max_pdu_length} cannot carry any data")
+    view = memoryview(data).cast("B")  # any contiguous buffer, addressed in bytes
+    return _fragments(context_id, view, _COMMAND_BIT if is_command else 0, chunk)
+
+
+def _fragments(context_id: int, view: memoryview, kind: int, chunk: int) -> Iterator[PDataTF]:
+    total = len(view)
+    offset = 0
+    while True:
+        end = min(offset + chunk, total)
+        header = kind | (_LAST_BIT if end == total else 0)
+        yield PDataTF((PDV(context_id, header, bytes(view[offset:end])),))
+        if end == total:
+            return
+        offset = end
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    """A whole command set arrived and decoded."""
+
+    context_id: int
+    command: Message
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetFragment:
+    """One PDV of the data set that follows the last CommandReceived, as it arrived."""
+
+    context_id: int
+    data: bytes
+    is_last: bool
+
+
+AssemblerEvent = CommandReceived | DatasetFragment
+
+
+class MessageAssembler:
+    """Incoming PDVs -> CommandReceived / DatasetFragment events, in arrival order.
+
+    One message at a time: PS3.7 9.3 and PS3.8 Annex E put a message's command PDVs first, then its
+    data set PDVs, all on one presentation context, and a PDV never mixes the two. Anything else is
+    the peer's fault and raises RemoteProtocolError; after that the assembler is not to be reused
+    (the association is aborted).
+    """
+
+    def __init__(self, max_command_length: int = MAX_COMMAND_LENGTH) -> None:
+        self._max_command_length = max_command_length
+        self._command = bytearray()
+        self._command_context: int | None = None  # set while a command set is being collected
+        self._dataset_context: int | None = None  # set while a data set is expected
+
+    @property
+    def expecting_dataset(self) -> bool:
+        """A command that carries a data set arrived, and that data set's last PDV has not."""
+        return self._dataset_context is not None
+
+    def feed(self, pdu: PDataTF) -> list[AssemblerEvent]:
+        events: list[AssemblerEvent] = []
+        for pdv in pdu.pdvs:
+            if pdv.is_command:
+                received = self._command_pdv(pdv)
+                if received is not None:
+                    events.append(received)
+            else:
+                events.append(self._dataset_pdv(pdv))
+        return events
+
+    def _command_pdv(self, pdv: PDV) -> CommandReceived | None:
+        if self._dataset_context is not None:
+            raise RemoteProtocolError(
+                "command PDV while the previous message's data set is still expected",
+                AbortReason.UNEXPECTED_PDU_PARAMETER,
+            )
+        if self._command_context is not None and pdv.context_id != self._command_context:
+            raise RemoteProtocolError(
+                f"presentation context changed from {self._command_context} to "
+                f"{pdv.context_id} inside one command set",
+                AbortReason.UNEXPECTED_PDU_PARAMETER,
+            )
+        # Checked before appending, so the buffer never holds more than the cap.
+        if len(self._command) + len(pdv.data) > self._max_command_length:
+            raise RemoteProtocolError(
+                f"command set longer than {self._max_command_length} bytes",
+                AbortReason.INVALID_PDU_PARAMETER_VALUE,
+            )
+        self._command += pdv.data
+        self._command_context = pdv.context_id
+        if not pdv.is_last:
+            return None
+        try:
+            command = decode_command(self._command)
+        except DIMSEDecodeError as exc:
+            raise RemoteProtocolError(
+                f"bad command set: {exc}", AbortReason.INVALID_PDU_PARAMETER_VALUE
+            ) from exc
+        self._command = bytearray()
+        self._command_context = None
+        if has_dataset(command):
+            self._dataset_context = pdv.context_id
+        return CommandReceived(pdv.context_id, command)
+
+    def _dataset_pdv(self, pdv: PDV) -> DatasetFragment:
+        if self._dataset_context is None:
+            if self._command_context is not None:
+                problem = "data set PDV before the last fragment of its command set"
+            else:
+                problem = "data set PDV without a command announcing a data set"
+            raise RemoteProtocolError(problem, AbortReason.UNEXPECTED_PDU_PARAMETER)
+        if pdv.context_id != self._dataset_context:
+            raise RemoteProtocolError(
+                f"data set PDV on presentation context {pdv.context_id}, "
+                f"its command came on {self._dataset_context}",
+                AbortReason.UNEXPECTED_PDU_PARAMETER,
+            )
+        if pdv.is_last:
+            self._dataset_context = None
+        return DatasetFragment(pdv.context_id, pdv.data, pdv.is_last)
