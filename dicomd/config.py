@@ -1,0 +1,230 @@
+"""Configuration: frozen dataclasses loaded once from TOML, validated once.
+
+Owns: the schema of `dicomd.toml`, its defaults (the embedded configuration used when no file is given)
+and its validation. Unknown keys are errors, because a misspelt key that silently falls back to a default
+is how a production server ends up accepting every calling AE.
+
+The key names are a public interface (deployments and tests rely on them); `config/dicomd.toml`
+documents every one and a test checks that it loads and mentions each field defined here.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+AE_TITLE_MAX = 16
+_T = TypeVar("_T")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    ae_title: str = "DICOMD"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    # What to do when the called AE title of an A-ASSOCIATE-RQ is not ours: "reject" answers with
+    # A-ASSOCIATE-RJ (permanent, service-user, called AE title not recognized); "accept" lets it pass,
+    # which some sites need while modalities are being reconfigured.
+    called_ae_check: Literal["reject", "accept"] = "reject"
+    max_associations: int = 64
+    # Largest P-DATA-TF PDU we accept (advertised in our Maximum Length sub-item), PS3.8 D.1.
+    max_pdu_length: int = 262_144
+    # ARTIM timer (PS3.8 9.1.5): bounds the wait for an A-ASSOCIATE-RQ after connect and for the
+    # transport to close after a rejection, release or abort.
+    artim_timeout: float = 30.0
+    # An established association with no incoming bytes for this long is aborted.
+    idle_timeout: float = 300.0
+    # Bound on any single DIMSE exchange step: a write that the peer does not read, a response we wait for.
+    dimse_timeout: float = 60.0
+    # On SIGTERM/SIGINT: stop accepting, let running operations finish for this long, then A-ABORT.
+    shutdown_timeout: float = 30.0
+    # Use uvloop's event loop (the default); the standard loop otherwise.
+    uvloop: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    root: Path = Path("data/store")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexConfig:
+    path: Path = Path("data/index.sqlite")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAE:
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    # Empty: any calling AE title may associate. Otherwise only these (exact, case-sensitive match,
+    # as AE titles are compared in PS3.8 after trimming the space padding).
+    allowed_calling_aets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # "auto": console rendering on a terminal, JSON lines otherwise (journald, docker logs).
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    remote: tuple[RemoteAE, ...] = ()
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def remote_ae(self, ae_title: str) -> RemoteAE | None:
+        for remote in self.remote:
+            if remote.ae_title == ae_title:
+                return remote
+        return None
+
+
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("server", "called_ae_check"): ("reject", "accept"),
+    ("log", "level"): ("debug", "info", "warning", "error"),
+    ("log", "format"): ("auto", "json", "console"),
+}
+
+
+def load(path: Path | str | None = None) -> Config:
+    """The effective configuration: embedded defaults, overlaid by the TOML file when given."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    return from_mapping(data)
+
+
+def from_mapping(data: Mapping[str, Any]) -> Config:
+    known = {f.name for f in fields(Config)}
+    _reject_unknown("", data, known)
+    remote = data.get("remote", [])
+    if not isinstance(remote, list):
+        raise ConfigError("remote: expected an array of tables ([[remote]])")
+    config = Config(
+        server=_section(ServerConfig, "server", data.get("server", {})),
+        storage=_section(StorageConfig, "storage", data.get("storage", {})),
+        index=_section(IndexConfig, "index", data.get("index", {})),
+        remote=tuple(_section(RemoteAE, f"remote[{i}]", r) for i, r in enumerate(remote)),
+        security=_section(SecurityConfig, "security", data.get("security", {})),
+        log=_section(LogConfig, "log", data.get("log", {})),
+    )
+    _validate(config)
+    return config
+
+
+def _reject_unknown(where: str, data: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})")
+
+
+def _section(cls: type[_T], name: str, data: object) -> _T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{name}: expected a table")
+    flds = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    _reject_unknown(name, data, set(flds))
+    section = name.split("[")[0]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        default = flds[key].default
+        kwargs[key] = _coerce(f"{name}.{key}", value, default, _CHOICES.get((section, key)))
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required key (of [[remote]]) is missing
+        raise ConfigError(f"{name}: {e}") from e
+
+
+def _coerce(key: str, value: object, default: object, choices: tuple[str, ...] | None) -> object:
+    if choices is not None:
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number")
+        return float(value)
+    if isinstance(default, int) or key.endswith(".port"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer")
+        return value
+    if isinstance(default, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a path")
+        return Path(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected an array of strings")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string")
+    return value
+
+
+def _validate(config: Config) -> None:
+    s = config.server
+    _check_ae_title("server.ae_title", s.ae_title)
+    _check_port("server.port", s.port, allow_zero=True)
+    if s.max_associations < 1:
+        raise ConfigError("server.max_associations: must be at least 1")
+    # PS3.8 D.1: the receiver's maximum length must leave room for a PDV item header; 0 (no limit)
+    # would let a peer send us PDUs of any size, which we do not allow.
+    if not 4096 <= s.max_pdu_length <= 16 * 1024 * 1024:
+        raise ConfigError("server.max_pdu_length: must be between 4096 and 16777216")
+    for name in ("artim_timeout", "idle_timeout", "dimse_timeout", "shutdown_timeout"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"server.{name}: must be positive")
+    seen: set[str] = set()
+    for i, remote in enumerate(config.remote):
+        _check_ae_title(f"remote[{i}].ae_title", remote.ae_title)
+        _check_port(f"remote[{i}].port", remote.port, allow_zero=False)
+        if not remote.host:
+            raise ConfigError(f"remote[{i}].host: must not be empty")
+        if remote.ae_title in seen:
+            raise ConfigError(f"remote[{i}].ae_title: {remote.ae_title!r} is listed twice")
+        seen.add(remote.ae_title)
+    for aet in config.security.allowed_calling_aets:
+        _check_ae_title("security.allowed_calling_aets", aet)
+
+
+def _check_ae_title(key: str, value: str) -> None:
+    # PS3.5 Table 6.2-1, AE: 16 characters at most, no control characters or backslash; leading and
+    # trailing spaces are not significant, so a title made of spaces only is empty.
+    if not value.strip() or value != value.strip():
+        raise ConfigError(f"{key}: {value!r} must be non-empty without leading/trailing spaces")
+    if len(value) > AE_TITLE_MAX:
+        raise ConfigError(f"{key}: {value!r} is longer than {AE_TITLE_MAX} characters")
+    if any(not (0x20 <= ord(c) < 0x7F) or c == "\\" for c in value):
+        raise ConfigError(f"{key}: {value!r} has a character not allowed in an AE title")
+
+
+def _check_port(key: str, value: int, *, allow_zero: bool) -> None:
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise ConfigError(f"{key}: {value} is not a TCP port")
