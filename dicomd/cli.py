@@ -1,0 +1,98 @@
+"""Command line: `dicomd serve|echo|check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dicomd import __version__, config, log
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dicomd", description="DICOM storage and Q/R server")
+    parser.add_argument("--version", action="version", version=f"dicomd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_serve = sub.add_parser("serve", help="run the server")
+    p_serve.add_argument("--config", type=Path, help="TOML file (default: embedded defaults)")
+
+    p_echo = sub.add_parser("echo", help="C-ECHO a DICOM peer; exit 0 only on Success")
+    p_echo.add_argument("--aet", default="DICOMD_ECHO", help="our (calling) AE title")
+    p_echo.add_argument("--aec", default="DICOMD", help="the peer's (called) AE title")
+    p_echo.add_argument("--timeout", type=float, default=10.0, help="seconds for each step")
+    p_echo.add_argument("host")
+    p_echo.add_argument("port", type=int)
+
+    p_check = sub.add_parser(
+        "check-config", help="validate a config file, print the effective config"
+    )
+    p_check.add_argument("file", type=Path)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args.config)
+    if args.command == "echo":
+        return _echo(args)
+    return _check_config(args.file)
+
+
+def _serve(path: Path | None) -> int:
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as e:
+        print(f"dicomd: {e}", file=sys.stderr)
+        return 2
+    log.configure(cfg.log.level, cfg.log.format)
+    from dicomd.app import run
+
+    return run(cfg)
+
+
+def _echo(args: argparse.Namespace) -> int:
+    from dicomd.app import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+    from dicomd.net.requestor import AssociationError, echo
+
+    log.configure("warning", "console")
+    try:
+        status = asyncio.run(
+            echo(
+                args.host,
+                args.port,
+                calling_ae_title=args.aet,
+                called_ae_title=args.aec,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+                timeout=args.timeout,
+            )
+        )
+    except (AssociationError, OSError, TimeoutError) as e:
+        print(f"dicomd echo: {e or type(e).__name__}", file=sys.stderr)
+        return 1
+    if status != 0:
+        print(f"dicomd echo: C-ECHO status 0x{status:04X}", file=sys.stderr)
+        return 1
+    print(f"C-ECHO {args.host}:{args.port} {args.aec}: Success")
+    return 0
+
+
+def _check_config(path: Path) -> int:
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as e:
+        print(f"dicomd: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(cfg), indent=2, default=_jsonable))
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

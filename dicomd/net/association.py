@@ -1,0 +1,358 @@
+"""The acceptor runner: one coroutine per association, from TCP accept to close.
+
+Owns: the life of one inbound association — negotiation through `ul.negotiation`, DIMSE reassembly,
+dispatch of each request to its service, C-CANCEL, release, abort, timeouts and draining on shutdown.
+It is the only place that decides what to log about an association; the structlog context (association
+id, peer, AE titles) is bound here so every event of the association carries it.
+
+DIMSE requests run one at a time in a worker task (we negotiate no asynchronous operations window, so
+the peer has at most one outstanding request), while this coroutine keeps reading: that is how a
+C-CANCEL-RQ reaches an operation in progress, and how an A-ABORT stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from dicomd.dimse import status
+from dicomd.dimse.fragments import CommandReceived, DatasetFragment, MessageAssembler
+from dicomd.dimse.messages import CCancelRQ, Message, has_dataset
+from dicomd.dimse.responses import failure_response
+from dicomd.net.channel import Channel, IdleTimeout, WriteTimeout, set_nodelay
+from dicomd.services.base import Handler, Request
+from dicomd.ul.codes import AbortReason, LocalProtocolError, RemoteProtocolError
+from dicomd.ul.connection import (
+    Aborted,
+    AssociationRejected,
+    AssociationRequested,
+    Connection,
+    ConnectionClosed,
+    DataReceived,
+    ReleaseConfirmed,
+    ReleaseRequested,
+    Role,
+)
+from dicomd.ul.negotiation import AcceptedContext, AcceptorPolicy, Negotiated, negotiate, screen
+from dicomd.ul.pdu import AssociateRJ, AssociateRQ
+
+log = structlog.get_logger("dicomd.association")
+
+# A dataset that is not streamed to a service's sink (C-FIND/C-GET/C-MOVE identifiers) is held in
+# memory; no legitimate identifier comes near this.
+MAX_IN_MEMORY_DATASET = 4 * 1024 * 1024
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class ServerState:
+    """What the runners of one server share: the policy, the services, the live associations."""
+
+    policy: AcceptorPolicy
+    # (SOP class UID, request message type) -> the service that handles it.
+    handlers: Mapping[tuple[str, type[Message]], Handler]
+    max_associations: int
+    artim_timeout: float
+    idle_timeout: float
+    dimse_timeout: float
+    max_pdu_length: int
+    established: set[AcceptorAssociation] = field(default_factory=set)
+    draining: bool = False
+    on_closed: Callable[[AcceptorAssociation], None] | None = None
+
+
+class _Operation:
+    def __init__(self, context_id: int, message_id: int) -> None:
+        self.context_id = context_id
+        self.message_id = message_id
+        self.cancel = False
+
+
+class _Responder:
+    def __init__(self, channel: Channel, op: _Operation) -> None:
+        self._channel = channel
+        self._op = op
+
+    async def respond(self, message: Message, dataset: bytes | None = None) -> None:
+        await self._channel.send_message(self._op.context_id, message, dataset)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._op.cancel
+
+
+class AcceptorAssociation:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: ServerState
+    ) -> None:
+        self.id = next(_ids)
+        self._server = server
+        self._reader = reader
+        self._writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._negotiated: Negotiated | None = None
+        self._request: AssociateRQ | None = None
+        self._assembler = MessageAssembler()
+        self._incoming: tuple[CommandReceived, bytearray] | None = None
+        self._queue: asyncio.Queue[tuple[Request, _Operation]] = asyncio.Queue(maxsize=1)
+        self._current: _Operation | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._channel: Channel | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(assoc=self.id, peer=self.peer)
+        set_nodelay(self._writer)
+        loop = asyncio.get_running_loop()
+        conn = Connection(
+            Role.ACCEPTOR,
+            artim_timeout=self._server.artim_timeout,
+            clock=loop.time,
+            max_pdu_length=self._server.max_pdu_length,
+            screen=self._screen,
+        )
+        self._channel = channel = Channel(
+            conn,
+            self._reader,
+            self._writer,
+            idle_timeout=self._server.idle_timeout,
+            write_timeout=self._server.dimse_timeout,
+        )
+        conn.connection_made()
+        try:
+            await self._event_loop(channel)
+        except IdleTimeout:
+            log.warning("association_idle_timeout", seconds=self._server.idle_timeout)
+            await self._abort(channel)
+        except WriteTimeout:
+            log.warning("association_write_timeout", seconds=self._server.dimse_timeout)
+            channel.abort_transport()
+        except asyncio.CancelledError:
+            # Server shutdown past its deadline: tell the peer before going away.
+            await self._abort(channel)
+            raise
+        finally:
+            await self._stop_worker()
+            self._server.established.discard(self)
+            await channel.close()
+            if self._server.on_closed is not None:
+                self._server.on_closed(self)
+            structlog.contextvars.unbind_contextvars("assoc", "peer", "calling_ae", "called_ae")
+
+    async def _event_loop(self, channel: Channel) -> None:
+        while True:
+            event = await channel.next_event()
+            if isinstance(event, DataReceived):
+                await self._on_data(channel, event)
+            elif isinstance(event, AssociationRequested):
+                await self._on_request(channel, event.request)
+            elif isinstance(event, ReleaseRequested):
+                await self._wait_idle()
+                channel.connection.release_response()
+                log.info("association_released")
+            elif isinstance(event, AssociationRejected):
+                log.warning("association_rejected", **_rj_fields(event.rejection), by="provider")
+            elif isinstance(event, Aborted):
+                await self._stop_worker()
+                log.warning(
+                    "association_aborted",
+                    by="us" if event.local else "peer",
+                    source=event.source.name,
+                    reason=event.reason.name,
+                    detail=event.detail or None,
+                )
+            elif isinstance(event, ReleaseConfirmed):
+                log.info("association_released")
+            elif isinstance(event, ConnectionClosed):
+                return
+
+    def _screen(self, rq: AssociateRQ) -> AssociateRJ | None:
+        others = len(self._server.established)
+        return screen(
+            rq, active_associations=others, max_associations=self._server.max_associations
+        )
+
+    async def _on_request(self, channel: Channel, rq: AssociateRQ) -> None:
+        structlog.contextvars.bind_contextvars(
+            calling_ae=rq.calling_ae_title, called_ae=rq.called_ae_title
+        )
+        result = negotiate(rq, self._server.policy)
+        if isinstance(result, AssociateRJ):
+            channel.connection.reject(result)
+            log.warning("association_rejected", **_rj_fields(result), by="user")
+            return
+        self._request = rq
+        self._negotiated = result
+        self._server.established.add(self)
+        channel.connection.accept(result.response)
+        channel.connection.established(result.peer_max_pdu_length)
+        accepted = [c.abstract_syntax for c in result.contexts.values()]
+        log.info(
+            "association_accepted",
+            contexts=len(rq.presentation_contexts),
+            accepted=len(accepted),
+            peer_max_pdu=result.peer_max_pdu_length,
+        )
+        self._worker = asyncio.create_task(self._work(channel))
+        if self._server.draining:
+            await self._abort(channel)
+
+    # -- DIMSE -----------------------------------------------------------------------------------
+
+    async def _on_data(self, channel: Channel, event: DataReceived) -> None:
+        try:
+            items = self._assembler.feed(event.pdu)
+            for item in items:
+                if isinstance(item, CommandReceived):
+                    await self._on_command(channel, item)
+                else:
+                    await self._on_fragment(channel, item)
+        except RemoteProtocolError as e:
+            await self._stop_worker()
+            channel.connection.protocol_error(e)
+
+    async def _on_command(self, channel: Channel, item: CommandReceived) -> None:
+        command = item.command
+        if isinstance(command, CCancelRQ):
+            current = self._current
+            if current is not None and current.message_id == command.message_id_being_responded_to:
+                current.cancel = True
+                log.info("dimse_cancel", message_id=current.message_id)
+            return
+        context = self._context(item.context_id)
+        if context is None:
+            raise RemoteProtocolError(
+                f"message on presentation context {item.context_id}, which was not accepted",
+                AbortReason.INVALID_PDU_PARAMETER_VALUE,
+            )
+        if has_dataset(command):
+            self._incoming = (item, bytearray())
+            return
+        await self._dispatch(context, command, None)
+
+    async def _on_fragment(self, channel: Channel, item: DatasetFragment) -> None:
+        assert self._incoming is not None
+        command_item, buffer = self._incoming
+        if len(buffer) + len(item.data) > MAX_IN_MEMORY_DATASET:
+            raise RemoteProtocolError(
+                "dataset larger than this service accepts", AbortReason.INVALID_PDU_PARAMETER_VALUE
+            )
+        buffer += item.data
+        if item.is_last:
+            self._incoming = None
+            context = self._context(command_item.context_id)
+            assert context is not None
+            await self._dispatch(context, command_item.command, bytes(buffer))
+
+    def _context(self, context_id: int) -> AcceptedContext | None:
+        assert self._negotiated is not None
+        return self._negotiated.contexts.get(context_id)
+
+    async def _dispatch(
+        self, context: AcceptedContext, command: Message, dataset: bytes | None
+    ) -> None:
+        assert self._request is not None
+        request = Request(
+            context, command, dataset, self._request.calling_ae_title, self._request.called_ae_title
+        )
+        op = _Operation(context.context_id, getattr(command, "message_id", 0))
+        # Bounded: with no asynchronous operations window the peer has one request outstanding; a
+        # peer that sends more waits here, which stops our reading and so its sending.
+        await self._queue.put((request, op))
+
+    async def _work(self, channel: Channel) -> None:
+        while True:
+            request, op = await self._queue.get()
+            self._current = op
+            try:
+                await self._handle(channel, request, op)
+            finally:
+                self._current = None
+                self._queue.task_done()
+            if self._server.draining:
+                await self._abort(channel)
+                return
+
+    async def _handle(self, channel: Channel, request: Request, op: _Operation) -> None:
+        command = request.command
+        kind = type(command).__name__
+        handler = self._server.handlers.get((request.context.abstract_syntax, type(command)))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if handler is None:
+            log.warning(
+                "dimse_unsupported", command=kind, sop_class=request.context.abstract_syntax
+            )
+            await _refuse(channel, request, op)
+            return
+        try:
+            await handler(request, _Responder(channel, op))
+        except (WriteTimeout, ConnectionError):
+            raise
+        except Exception:
+            log.exception("dimse_handler_failed", command=kind)
+            await _refuse(channel, request, op, status.PROCESSING_FAILURE)
+            return
+        log.info("dimse_done", command=kind, ms=round((loop.time() - started) * 1000, 2))
+
+    async def _wait_idle(self) -> None:
+        if self._worker is not None and not self._worker.done():
+            try:
+                async with asyncio.timeout(self._server.dimse_timeout):
+                    await self._queue.join()
+            except TimeoutError:
+                log.warning("release_while_busy")
+
+    async def _stop_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not asyncio.current_task():
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker
+
+    async def _abort(
+        self, channel: Channel, reason: AbortReason = AbortReason.NOT_SPECIFIED
+    ) -> None:
+        conn = channel.connection
+        if conn.closed:
+            return
+        try:
+            conn.abort(reason)
+        except LocalProtocolError:
+            # No association yet (Sta2): PS3.8 has no abort to send, only a transport to close.
+            channel.abort_transport()
+            return
+        await channel.flush_quietly()
+        # We do not wait out the ARTIM timer for the peer to close: we are done with it either way.
+        channel.abort_transport()
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None or self._incoming is not None
+
+    async def drain(self) -> None:
+        """Called at shutdown: end now if idle; otherwise the worker ends after its operation."""
+        if not self.busy and self._channel is not None:
+            await self._abort(self._channel)
+
+
+async def _refuse(
+    channel: Channel, request: Request, op: _Operation, code: int = status.SOP_CLASS_NOT_SUPPORTED
+) -> None:
+    response = failure_response(request.command, code)
+    if response is not None:
+        await channel.send_message(op.context_id, response)
+
+
+def _rj_fields(rj: AssociateRJ) -> dict[str, object]:
+    return {"result": int(rj.result), "source": int(rj.source), "reason": int(rj.reason)}

@@ -1,0 +1,143 @@
+"""The asyncio side of one association: a sans-I/O `Connection` driven over a stream pair.
+
+Owns: reading with the ARTIM and idle deadlines, writing with back-pressure and a bound on how long a
+peer may leave our writes unread, and turning DIMSE messages into P-DATA-TF PDUs under the peer's
+maximum PDU length. Both the acceptor runner and the outbound requestor use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterable
+
+from dicomd.dimse.fragments import fragment
+from dicomd.dimse.messages import Message, encode_command
+from dicomd.ul.connection import Connection, ConnectionEvent, NeedData
+from dicomd.ul.pdu import PDataTF
+
+READ_CHUNK = 256 * 1024
+# Flush to the socket (and wait for the peer to read) every this many bytes of a large message, so
+# that sending a big dataset never holds more than this in our buffers.
+FLUSH_EVERY = 1024 * 1024
+
+
+class IdleTimeout(Exception):
+    """The peer sent nothing for longer than the idle timeout."""
+
+
+class WriteTimeout(Exception):
+    """The peer did not read what we sent within the DIMSE timeout."""
+
+
+def set_nodelay(writer: asyncio.StreamWriter) -> None:
+    # Each DIMSE exchange is a few small PDUs; without TCP_NODELAY every one of them waits on the
+    # peer's delayed ACK (about 40 ms).
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Channel:
+    def __init__(
+        self,
+        connection: Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        idle_timeout: float,
+        write_timeout: float,
+    ) -> None:
+        self.connection = connection
+        self._reader = reader
+        self._writer = writer
+        self._idle_timeout = idle_timeout
+        self._write_timeout = write_timeout
+        self._send_lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self.last_activity = self._loop.time()
+
+    async def next_event(self) -> ConnectionEvent:
+        """The next event of the connection, reading from the peer as needed."""
+        conn = self.connection
+        while True:
+            event = conn.next_event()
+            await self.flush()
+            if not isinstance(event, NeedData):
+                return event
+            now = self._loop.time()
+            idle_deadline = self.last_activity + self._idle_timeout
+            deadline = idle_deadline if conn.deadline is None else min(conn.deadline, idle_deadline)
+            try:
+                async with asyncio.timeout(max(deadline - now, 0.0)):
+                    data = await self._reader.read(READ_CHUNK)
+            except TimeoutError:
+                if conn.deadline is not None and self._loop.time() >= conn.deadline:
+                    conn.handle_timeout()
+                    continue
+                raise IdleTimeout from None
+            except (ConnectionError, OSError):
+                data = b""
+            self.last_activity = self._loop.time()
+            conn.receive_data(data)
+
+    async def flush(self) -> None:
+        chunks = self.connection.data_to_send()
+        if chunks:
+            await self._write(chunks)
+
+    async def _write(self, chunks: Iterable[bytes]) -> None:
+        if self._writer.is_closing():
+            return
+        self._writer.writelines(chunks)
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            raise WriteTimeout from None
+        self.last_activity = self._loop.time()
+
+    async def send_message(
+        self, context_id: int, message: Message, dataset: bytes | memoryview | None = None
+    ) -> None:
+        """Send one DIMSE message: its command, then its dataset, each in as many PDUs as needed."""
+        max_pdu = self.connection.peer_max_pdu_length
+        async with self._send_lock:
+            await self._send_fragments(
+                fragment(
+                    context_id, encode_command(message), is_command=True, max_pdu_length=max_pdu
+                )
+            )
+            if dataset is not None:
+                await self._send_fragments(
+                    fragment(context_id, dataset, is_command=False, max_pdu_length=max_pdu)
+                )
+
+    async def _send_fragments(self, pdus: Iterable[PDataTF]) -> None:
+        pending = 0
+        for pdu in pdus:
+            self.connection.send_data(pdu)
+            pending += len(pdu.pdvs[0].data)
+            if pending >= FLUSH_EVERY:
+                await self.flush()
+                pending = 0
+        await self.flush()
+
+    async def close(self) -> None:
+        await self.flush_quietly()
+        if not self._writer.is_closing():
+            self._writer.close()
+        try:
+            async with asyncio.timeout(1.0):
+                await self._writer.wait_closed()
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+
+    async def flush_quietly(self) -> None:
+        with contextlib.suppress(WriteTimeout, ConnectionError, OSError):
+            await self.flush()
+
+    def abort_transport(self) -> None:
+        transport = self._writer.transport
+        transport.abort()
