@@ -1,0 +1,622 @@
+"""The instance index: SQLite (through aiosqlite) with one group-commit writer.
+
+Owns: the index database at run time: opening it (PRAGMAs, migrations from schema.py), writing
+instance records, deleting them, and the few reads the store and the repair code need.
+Must not know: DICOM parsing (record.py does it), files (files.py), the network, statuses.
+
+Writes: one writer task owns the write connection. put() and delete() queue an operation with a
+future and wait on it; the writer takes everything queued (up to BATCH_LIMIT operations of one
+kind), runs them in one transaction (BEGIN IMMEDIATE ... COMMIT) and resolves each future only
+after COMMIT has returned, so a caller that answers C-STORE Success after put() returned answers
+for a committed row (with synchronous=FULL, a durable one). While one transaction commits the next
+batch queues up, so one fsync is shared by every concurrent store: group commit, with no timer.
+A batch costs a fixed number of round trips to aiosqlite's thread whatever its size: every
+statement is an executemany(), or a set-based statement over a JSON list of keys (json_each), with
+parents found by natural-key subselects rather than by rowids fetched first.
+
+A failing batch is rolled back and its callers get IndexUnavailable (for "database is locked"
+after busy_timeout, a full disk, an I/O error); the writer carries on with the next batch. A batch
+that fails for any other reason is retried one operation per transaction, so one poison record
+cannot fail the stores that happened to share its transaction. A put() whose caller is cancelled
+is still written: its file is already installed, and an indexed file beats an orphan.
+
+Reads (get, iter_instances, counts) use a second, read-only connection, so they never wait behind
+a group commit; in WAL mode a reader sees the last committed state while a writer writes.
+
+put() semantics: the record upserts patient (key: patient_id + issuer_of_patient_id) -> study
+(study_instance_uid) -> series (series_instance_uid) -> instance (sop_instance_uid). Higher levels
+are refreshed from the newest instance, where a newer empty value does not erase an older non-empty
+one (a presentation state without Study Description must not blank the study's). A study, series
+or instance whose parent key changed is moved, and parents left empty are deleted, in the same
+transaction. For an instance that exists (in the database, or earlier in the same batch):
+"replace" rewrites it, "keep" and "reject" leave it (and its parents) untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, Final, Literal, TypeAlias, get_args
+
+import aiosqlite
+
+from dicomd.storage.record import InstanceRecord
+from dicomd.storage.schema import (
+    INSTANCE_COLUMNS,
+    PATIENT_COLUMNS,
+    SERIES_COLUMNS,
+    STUDY_COLUMNS,
+    migrate,
+)
+
+__all__ = [
+    "BATCH_LIMIT",
+    "Index",
+    "IndexStats",
+    "IndexUnavailable",
+    "Policy",
+    "PutResult",
+    "StoredInstance",
+]
+
+Policy: TypeAlias = Literal["replace", "keep", "reject"]
+_POLICIES: Final = frozenset(get_args(Policy))
+_SYNCHRONOUS: Final = frozenset({"FULL", "NORMAL", "EXTRA"})
+
+BATCH_LIMIT: Final = 256
+ITER_PAGE: Final = 512  # rows per page of iter_instances
+
+_PATIENT_KEY: Final = ("patient_id", "issuer_of_patient_id")
+# A record's parameters for each upsert below: the parent's natural key, then the level's columns.
+_patient_row: Final = attrgetter(*PATIENT_COLUMNS)
+_study_row: Final = attrgetter(*_PATIENT_KEY, *STUDY_COLUMNS)
+_series_row: Final = attrgetter("study_instance_uid", *SERIES_COLUMNS)
+_instance_row: Final = attrgetter("series_instance_uid", *INSTANCE_COLUMNS)
+
+
+class IndexUnavailable(Exception):
+    """The index could not take the write (locked past busy_timeout, disk full, I/O error, closed)."""
+
+
+class PutResult(Enum):
+    INSERTED = "inserted"
+    REPLACED = "replaced"
+    KEPT = "kept"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    relpath: str
+    size: int
+    sha256: str
+    study_instance_uid: str
+    series_instance_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    transactions: int  # committed write transactions
+    failed_transactions: int  # rolled back
+    records: int  # put() operations committed (inserted, replaced, kept or rejected)
+
+
+# --- SQL -----------------------------------------------------------------------------------------
+
+
+def _keep_nonempty(table: str, column: str) -> str:
+    # NULLIF(x, '') is NULL for '' and for NULL, so one form serves text and integer columns.
+    return f"{column} = COALESCE(NULLIF(excluded.{column}, ''), {table}.{column})"
+
+
+def _upsert(
+    table: str,
+    columns: Sequence[str],
+    conflict: Sequence[str],
+    parent: tuple[str, str] | None,
+    *,
+    refresh: bool,
+) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE for one level; `parent` = (fk column, subselect)."""
+    names = list(columns)
+    values = ["?"] * len(columns)
+    updates = []
+    if parent is not None:
+        names.insert(0, parent[0])
+        values.insert(0, f"({parent[1]})")
+        updates.append(f"{parent[0]} = excluded.{parent[0]}")
+    for column in columns:
+        if column in conflict:
+            continue
+        updates.append(
+            _keep_nonempty(table, column) if refresh else f"{column} = excluded.{column}"
+        )
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(values)}) "
+        f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+_UPSERT_PATIENT: Final = _upsert("patient", PATIENT_COLUMNS, _PATIENT_KEY, None, refresh=True)
+_UPSERT_STUDY: Final = _upsert(
+    "study",
+    STUDY_COLUMNS,
+    ("study_instance_uid",),
+    ("patient_pk", "SELECT pk FROM patient WHERE patient_id = ? AND issuer_of_patient_id = ?"),
+    refresh=True,
+)
+_UPSERT_SERIES: Final = _upsert(
+    "series",
+    SERIES_COLUMNS,
+    ("series_instance_uid",),
+    ("study_pk", "SELECT pk FROM study WHERE study_instance_uid = ?"),
+    refresh=True,
+)
+# An instance row is replaced whole: it describes one file, the newest one.
+_UPSERT_INSTANCE: Final = _upsert(
+    "instance",
+    INSTANCE_COLUMNS,
+    ("sop_instance_uid",),
+    ("series_pk", "SELECT pk FROM series WHERE series_instance_uid = ?"),
+    refresh=False,
+)
+
+_JSON_KEYS: Final = "SELECT value FROM json_each(?{n})"
+
+# What the batch's keys already are in the database, with their parent's key and the rowids of
+# their ancestors (candidates for cleanup). Kind 0 instance, 1 series, 2 study.
+_LOOKUP: Final = f"""
+SELECT 0, i.sop_instance_uid, se.series_instance_uid, NULL, se.pk, st.pk, st.patient_pk
+  FROM instance AS i
+  JOIN series AS se ON se.pk = i.series_pk
+  JOIN study AS st ON st.pk = se.study_pk
+ WHERE i.sop_instance_uid IN ({_JSON_KEYS.format(n=1)})
+UNION ALL
+SELECT 1, se.series_instance_uid, st.study_instance_uid, NULL, NULL, st.pk, st.patient_pk
+  FROM series AS se
+  JOIN study AS st ON st.pk = se.study_pk
+ WHERE se.series_instance_uid IN ({_JSON_KEYS.format(n=2)})
+UNION ALL
+SELECT 2, st.study_instance_uid, p.patient_id, p.issuer_of_patient_id, NULL, NULL, p.pk
+  FROM study AS st
+  JOIN patient AS p ON p.pk = st.patient_pk
+ WHERE st.study_instance_uid IN ({_JSON_KEYS.format(n=3)})
+"""
+
+# Parents that may have been left empty: rowids (?1) and natural keys (?2). Bottom-up, so a
+# series deleted here makes its study a candidate for the next statement.
+_DELETE_EMPTY_SERIES: Final = f"""
+DELETE FROM series
+ WHERE pk IN ({_JSON_KEYS.format(n=1)}
+              UNION SELECT pk FROM series WHERE series_instance_uid IN ({_JSON_KEYS.format(n=2)}))
+   AND NOT EXISTS (SELECT 1 FROM instance WHERE instance.series_pk = series.pk)
+"""
+_DELETE_EMPTY_STUDIES: Final = f"""
+DELETE FROM study
+ WHERE pk IN ({_JSON_KEYS.format(n=1)}
+              UNION SELECT pk FROM study WHERE study_instance_uid IN ({_JSON_KEYS.format(n=2)}))
+   AND NOT EXISTS (SELECT 1 FROM series WHERE series.study_pk = study.pk)
+"""
+_DELETE_EMPTY_PATIENTS: Final = f"""
+DELETE FROM patient
+ WHERE pk IN ({_JSON_KEYS.format(n=1)}
+              UNION SELECT pk FROM patient
+                     WHERE (patient_id, issuer_of_patient_id) IN
+                           (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+                              FROM json_each(?2)))
+   AND NOT EXISTS (SELECT 1 FROM study WHERE study.patient_pk = patient.pk)
+"""
+
+_DELETE_LOOKUP: Final = f"""
+SELECT se.pk, st.pk, st.patient_pk
+  FROM instance AS i
+  JOIN series AS se ON se.pk = i.series_pk
+  JOIN study AS st ON st.pk = se.study_pk
+ WHERE i.sop_instance_uid IN ({_JSON_KEYS.format(n=1)})
+"""
+_DELETE_INSTANCES: Final = (
+    f"DELETE FROM instance WHERE sop_instance_uid IN ({_JSON_KEYS.format(n=1)})"
+)
+
+_STORED_COLUMNS: Final = """
+       i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.relpath, i.size, i.sha256,
+       st.study_instance_uid, se.series_instance_uid
+  FROM instance AS i
+  JOIN series AS se ON se.pk = i.series_pk
+  JOIN study AS st ON st.pk = se.study_pk
+"""
+_GET: Final = f"SELECT {_STORED_COLUMNS} WHERE i.sop_instance_uid = ?"
+# Keyset pagination: each page is a short statement of its own, so a long iteration holds no read
+# transaction open (which would pin the WAL and show other reads on this connection a stale view).
+_PAGE: Final = f"SELECT i.pk, {_STORED_COLUMNS} WHERE i.pk > ? ORDER BY i.pk LIMIT ?"
+
+
+# --- the writer's queue --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Put:
+    record: InstanceRecord
+    policy: Policy
+    future: asyncio.Future[PutResult] = field(repr=False)
+
+
+@dataclass(slots=True)
+class _Delete:
+    sop_instance_uid: str
+    future: asyncio.Future[None] = field(repr=False)
+
+
+_Op: TypeAlias = _Put | _Delete
+
+
+def _settle(
+    future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
+) -> None:
+    # The caller may have been cancelled meanwhile; its future is then done already.
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _unavailable(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.Error):
+        error = IndexUnavailable(f"index write failed: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+def _keys(values: Iterable[Any]) -> str:
+    """A JSON list of distinct keys, for json_each(); a composite key is a list itself."""
+    distinct = dict.fromkeys(tuple(v) if isinstance(v, list | tuple) else v for v in values)
+    return json.dumps(list(distinct))
+
+
+def _merge(
+    rows: dict[tuple[Any, ...], tuple[Any, ...]],
+    key: tuple[Any, ...],
+    row: tuple[Any, ...],
+    parent_len: int,
+) -> None:
+    """Fold a newer row for `key` into `rows`, with the same rule as the SQL upsert."""
+    old = rows.get(key)
+    if old is None or old == row:  # the common case: the batch's instances share their parents
+        rows[key] = row
+        return
+    rows[key] = row[:parent_len] + tuple(
+        new if new not in ("", None) else prior
+        for prior, new in zip(old[parent_len:], row[parent_len:], strict=True)
+    )
+
+
+async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
+    # isolation_level=None: no implicit BEGINs from the sqlite3 module; ours are explicit.
+    conn = aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+    try:
+        return await conn
+    except BaseException:
+        # aiosqlite 0.22 stops its worker thread after a failed connect without waiting for it; a
+        # process that exits right away would have the thread call into a closed event loop.
+        thread = getattr(conn, "_thread", None)
+        if isinstance(thread, threading.Thread) and thread.is_alive():
+            await asyncio.to_thread(thread.join, 5.0)
+        raise
+
+
+class Index:
+    """The open index; make it with `await Index.open(path)`, end it with `await close()`."""
+
+    def __init__(
+        self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection
+    ) -> None:
+        self.path = path
+        self._writer_conn = writer
+        self._reader = reader
+        self._queue: deque[_Op] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._inflight: list[_Op] = []
+        self._transactions = 0
+        self._failed = 0
+        self._records = 0
+        self._writer_task = asyncio.get_running_loop().create_task(
+            self._write_loop(), name=f"dicomd-index-writer {path}"
+        )
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0
+    ) -> Index:
+        """Open (creating if needed) and migrate the index at `path`; start its writer.
+
+        `synchronous` is FULL (a commit survives power loss) or NORMAL (it may be lost, the
+        database stays consistent); `busy_timeout` is how long, in seconds, a write waits for a
+        lock another process holds before IndexUnavailable.
+        """
+        mode = synchronous.upper()
+        if mode not in _SYNCHRONOUS:
+            raise ValueError(
+                f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {synchronous!r}"
+            )
+        if busy_timeout < 0:
+            raise ValueError("busy_timeout must be >= 0")
+        timeout_ms = round(busy_timeout * 1000)
+        opened: list[aiosqlite.Connection] = []
+        try:
+            writer = await _connect(path, busy_timeout)
+            opened.append(writer)
+            await writer.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+            rows = list(await writer.execute_fetchall("PRAGMA journal_mode = WAL"))
+            if str(rows[0][0]).lower() != "wal":
+                raise IndexUnavailable(f"cannot use WAL journal mode on {path} (got {rows[0][0]})")
+            await writer.execute(f"PRAGMA synchronous = {mode}")
+            await writer.execute("PRAGMA foreign_keys = ON")
+            # The batch statements pass key lists as JSON (json_each): built in since SQLite
+            # 3.38, an option before. Better refused here than on every put().
+            await writer.execute_fetchall("SELECT json_valid('[]')")
+            await migrate(writer)
+            reader = await _connect(path, busy_timeout)
+            opened.append(reader)
+            await reader.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+            await reader.execute("PRAGMA query_only = ON")
+        except BaseException as exc:
+            for conn in reversed(opened):
+                await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise IndexUnavailable(f"cannot open the index {path}: {exc}") from exc
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        """Write what is queued, stop the writer, close both connections. Idempotent."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wakeup.set()
+        try:
+            await self._writer_task
+        except asyncio.CancelledError:
+            # The writer was cancelled (event loop teardown) and has failed what it held; that is
+            # not a reason to cancel our caller, unless our caller is the one being cancelled.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        finally:
+            self._closed = True
+            try:
+                await self._writer_conn.close()
+            finally:
+                await self._reader.close()
+
+    @property
+    def stats(self) -> IndexStats:
+        return IndexStats(self._transactions, self._failed, self._records)
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    async def put(self, record: InstanceRecord, *, policy: Policy) -> PutResult:
+        """Index `record`; returns once the transaction that wrote it has committed."""
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be one of {sorted(_POLICIES)}, not {policy!r}")
+        future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Put(record, policy, future))
+        return await future
+
+    async def delete(self, sop_instance_uid: str) -> None:
+        """Remove the instance (if indexed) and any series, study, patient it leaves empty."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Delete(sop_instance_uid, future))
+        await future
+
+    def _enqueue(self, op: _Op) -> None:
+        if self._closing or self._writer_task.done():
+            raise IndexUnavailable("the index is closed")
+        self._queue.append(op)
+        self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                kind = type(self._queue[0])
+                batch: list[_Op] = []
+                while self._queue and len(batch) < BATCH_LIMIT and type(self._queue[0]) is kind:
+                    batch.append(self._queue.popleft())
+                self._inflight = batch
+                await self._run(batch)
+                self._inflight = []
+        finally:
+            # Reached with work left only if this task was cancelled (event loop shutdown).
+            for op in [*self._inflight, *self._queue]:
+                _settle(op.future, error=IndexUnavailable("the index writer stopped"))
+            self._queue.clear()
+            self._inflight = []
+
+    async def _run(self, batch: list[_Op]) -> None:
+        try:
+            results = await self._transaction(batch)
+        except Exception as exc:
+            await self._rollback()
+            self._failed += 1
+            if len(batch) > 1 and not isinstance(exc, sqlite3.OperationalError):
+                # Not the database's state but something in the batch: find the culprit.
+                for op in batch:
+                    await self._run([op])
+                return
+            for op in batch:
+                _settle(op.future, error=_unavailable(exc))
+            return
+        for op, result in zip(batch, results, strict=True):
+            _settle(op.future, result)
+
+    async def _rollback(self) -> None:
+        try:
+            if self._writer_conn.in_transaction:
+                await self._writer_conn.execute("ROLLBACK")
+        except Exception:
+            # Some errors (SQLITE_FULL, IOERR) have rolled back already; a connection that
+            # cannot even roll back will fail the next BEGIN, and that batch reports it.
+            pass
+
+    async def _transaction(self, batch: list[_Op]) -> list[Any]:
+        conn = self._writer_conn
+        await conn.execute("BEGIN IMMEDIATE")
+        if isinstance(batch[0], _Put):
+            results: list[Any] = await self._put_batch([op for op in batch if isinstance(op, _Put)])
+        else:
+            await self._delete_batch(
+                [op.sop_instance_uid for op in batch if isinstance(op, _Delete)]
+            )
+            results = [None] * len(batch)
+        await conn.execute("COMMIT")
+        self._transactions += 1
+        if isinstance(batch[0], _Put):
+            self._records += len(batch)
+        return results
+
+    async def _put_batch(self, ops: list[_Put]) -> list[PutResult]:
+        conn = self._writer_conn
+        records = [op.record for op in ops]
+        found = await conn.execute_fetchall(
+            _LOOKUP,
+            (
+                _keys(r.sop_instance_uid for r in records),
+                _keys(r.series_instance_uid for r in records),
+                _keys(r.study_instance_uid for r in records),
+            ),
+        )
+        # Every parent each key has had: in the database, and in this batch's written records.
+        parents: dict[tuple[int, str], set[tuple[Any, ...]]] = {}
+        old_pks: tuple[set[int], set[int], set[int]] = (set(), set(), set())
+        existing: set[str] = set()
+        for kind, key, parent, parent2, series_pk, study_pk, patient_pk in found:
+            parents[kind, key] = {(parent,) if kind < 2 else (parent, parent2)}
+            for pks, pk in zip(old_pks, (series_pk, study_pk, patient_pk), strict=True):
+                if pk is not None:
+                    pks.add(pk)
+            if kind == 0:
+                existing.add(key)
+
+        results: list[PutResult] = []
+        written: list[InstanceRecord] = []
+        for op in ops:
+            uid = op.record.sop_instance_uid
+            if uid not in existing:
+                existing.add(uid)
+                results.append(PutResult.INSERTED)
+            elif op.policy == "replace":
+                results.append(PutResult.REPLACED)
+            else:
+                results.append(PutResult.KEPT if op.policy == "keep" else PutResult.REJECTED)
+                continue
+            written.append(op.record)
+        if not written:
+            return results
+
+        patients: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        studies: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        series: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for r in written:
+            patient_key = (r.patient_id, r.issuer_of_patient_id)
+            _merge(patients, patient_key, _patient_row(r), 0)
+            _merge(studies, (r.study_instance_uid,), _study_row(r), 2)
+            _merge(series, (r.series_instance_uid,), _series_row(r), 1)
+            parents.setdefault((0, r.sop_instance_uid), set()).add((r.series_instance_uid,))
+            parents.setdefault((1, r.series_instance_uid), set()).add((r.study_instance_uid,))
+            parents.setdefault((2, r.study_instance_uid), set()).add(patient_key)
+
+        await conn.executemany(_UPSERT_PATIENT, patients.values())
+        await conn.executemany(_UPSERT_STUDY, studies.values())
+        await conn.executemany(_UPSERT_SERIES, series.values())
+        await conn.executemany(_UPSERT_INSTANCE, [_instance_row(r) for r in written])
+        # Something moved (in the database, or between records of this batch): parents it left may
+        # be empty now. The common batch moves nothing and skips these statements.
+        if any(len(seen) > 1 for seen in parents.values()):
+            await self._delete_empty(
+                old_pks,
+                (
+                    [r.series_instance_uid for r in written],
+                    [r.study_instance_uid for r in written],
+                    [(r.patient_id, r.issuer_of_patient_id) for r in written],
+                ),
+            )
+        return results
+
+    async def _delete_batch(self, uids: list[str]) -> None:
+        conn = self._writer_conn
+        found = await conn.execute_fetchall(_DELETE_LOOKUP, (_keys(uids),))
+        old_pks: tuple[set[int], set[int], set[int]] = (set(), set(), set())
+        for row in found:
+            for pks, pk in zip(old_pks, row, strict=True):
+                pks.add(pk)
+        await conn.execute(_DELETE_INSTANCES, (_keys(uids),))
+        if found:
+            await self._delete_empty(old_pks, ([], [], []))
+
+    async def _delete_empty(
+        self,
+        pks: tuple[set[int], set[int], set[int]],
+        keys: tuple[list[str], list[str], list[tuple[str, str]]],
+    ) -> None:
+        conn = self._writer_conn
+        series_keys, study_keys, patient_keys = keys
+        for sql, level_pks, level_keys in (
+            (_DELETE_EMPTY_SERIES, pks[0], _keys(series_keys)),
+            (_DELETE_EMPTY_STUDIES, pks[1], _keys(study_keys)),
+            (_DELETE_EMPTY_PATIENTS, pks[2], _keys(patient_keys)),
+        ):
+            await conn.execute(sql, (json.dumps(sorted(level_pks)), level_keys))
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def get(self, sop_instance_uid: str) -> StoredInstance | None:
+        rows = list(await self._reader.execute_fetchall(_GET, (sop_instance_uid,)))
+        return StoredInstance(*rows[0]) if rows else None
+
+    async def iter_instances(self) -> AsyncIterator[StoredInstance]:
+        """Every indexed instance, in insertion order, a page at a time.
+
+        Not a snapshot: rows committed during the iteration may or may not appear.
+        """
+        after = 0
+        while True:
+            rows = list(await self._reader.execute_fetchall(_PAGE, (after, ITER_PAGE)))
+            for row in rows:
+                yield StoredInstance(*row[1:])
+            if len(rows) < ITER_PAGE:
+                return
+            after = rows[-1][0]
+
+    async def counts(self) -> dict[str, int]:
+        rows = list(
+            await self._reader.execute_fetchall(
+                "SELECT (SELECT count(*) FROM patient), (SELECT count(*) FROM study),"
+                " (SELECT count(*) FROM series), (SELECT count(*) FROM instance)"
+            )
+        )
+        patients, studies, series, instances = rows[0]
+        return {"patients": patients, "studies": studies, "series": series, "instances": instances}
+
+    async def integrity_check(self) -> str:
+        rows = await self._reader.execute_fetchall("PRAGMA integrity_check")
+        return "\n".join(str(row[0]) for row in rows)
