@@ -1,4 +1,4 @@
-"""Command line: `dicomd serve|echo|check-config`."""
+"""Command line: `dicomd serve|echo|check-config|reindex`."""
 
 from __future__ import annotations
 
@@ -33,11 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_check.add_argument("file", type=Path)
 
+    p_reindex = sub.add_parser(
+        "reindex", help="repair the index from the stored files (adopt orphans, drop dangling rows)"
+    )
+    p_reindex.add_argument("--config", type=Path, help="TOML file (default: embedded defaults)")
+    p_reindex.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="re-read every stored file, not only the suspect ones",
+    )
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "echo":
         return _echo(args)
+    if args.command == "reindex":
+        return _reindex(args.config, rebuild=args.rebuild)
     return _check_config(args.file)
 
 
@@ -77,6 +89,33 @@ def _echo(args: argparse.Namespace) -> int:
         print(f"dicomd echo: C-ECHO status 0x{status:04X}", file=sys.stderr)
         return 1
     print(f"C-ECHO {args.host}:{args.port} {args.aec}: Success")
+    return 0
+
+
+def _reindex(path: Path | None, *, rebuild: bool) -> int:
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as e:
+        print(f"dicomd: {e}", file=sys.stderr)
+        return 2
+    log.configure(cfg.log.level, cfg.log.format)
+
+    async def run() -> dict[str, int]:
+        from dicomd.storage.files import FileStore
+        from dicomd.storage.index import Index
+        from dicomd.storage.reconcile import reconcile
+
+        files = FileStore(cfg.storage.root, fsync=cfg.storage.durability == "full")
+        cfg.index.path.parent.mkdir(parents=True, exist_ok=True)
+        index = await Index.open(cfg.index.path, busy_timeout=cfg.index.busy_timeout)
+        try:
+            report = await reconcile(files, index, rebuild=rebuild)
+            counts = await index.counts()
+        finally:
+            await index.close()
+        return {**asdict(report), **{f"index_{k}": v for k, v in counts.items()}}
+
+    print(json.dumps(asyncio.run(run()), indent=2))
     return 0
 
 

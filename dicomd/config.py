@@ -52,11 +52,22 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     root: Path = Path("data/store")
+    # Transfer syntaxes accepted for storage, in our order of preference when a presentation context
+    # proposes several. Empty means the built-in list (native, then lossless, then lossy).
+    transfer_syntaxes: tuple[str, ...] = ()
+    # An instance whose SOP Instance UID is already stored: "keep" the stored one and answer Success,
+    # "replace" it with the new one, or "reject" the new one (status 0111, duplicate SOP instance).
+    duplicate_policy: Literal["keep", "replace", "reject"] = "keep"
+    # "full": fsync each file and its directory, SQLite synchronous=FULL, before answering Success.
+    # "relaxed": no fsync and synchronous=NORMAL: faster, but a power cut can lose acknowledged images.
+    durability: Literal["full", "relaxed"] = "full"
 
 
 @dataclass(frozen=True, slots=True)
 class IndexConfig:
     path: Path = Path("data/index.sqlite")
+    # Seconds to wait for a database locked by another process before failing the operation.
+    busy_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,8 @@ class Config:
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("server", "called_ae_check"): ("reject", "accept"),
+    ("storage", "duplicate_policy"): ("keep", "replace", "reject"),
+    ("storage", "durability"): ("full", "relaxed"),
     ("log", "level"): ("debug", "info", "warning", "error"),
     ("log", "format"): ("auto", "json", "console"),
 }
@@ -212,6 +225,20 @@ def _validate(config: Config) -> None:
         seen.add(remote.ae_title)
     for aet in config.security.allowed_calling_aets:
         _check_ae_title("security.allowed_calling_aets", aet)
+    for uid in config.storage.transfer_syntaxes:
+        if not _is_transfer_syntax(uid):
+            raise ConfigError(f"storage.transfer_syntaxes: {uid!r} is not a transfer syntax UID")
+    if config.index.busy_timeout <= 0:
+        raise ConfigError("index.busy_timeout: must be positive")
+
+
+def _is_transfer_syntax(uid: str) -> bool:
+    from pydicom.uid import UID
+
+    try:
+        return bool(UID(uid).is_transfer_syntax)
+    except ValueError:  # a private UID: pydicom cannot tell, and neither can we store it
+        return False
 
 
 def _check_ae_title(key: str, value: str) -> None:

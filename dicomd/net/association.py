@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from dicomd.dimse.fragments import CommandReceived, DatasetFragment, MessageAsse
 from dicomd.dimse.messages import CCancelRQ, Message, has_dataset
 from dicomd.dimse.responses import failure_response
 from dicomd.net.channel import Channel, IdleTimeout, WriteTimeout, set_nodelay
-from dicomd.services.base import Handler, Request
+from dicomd.services.base import DatasetSink, Handler, Request, SinkFactory
 from dicomd.ul.codes import AbortReason, LocalProtocolError, RemoteProtocolError
 from dicomd.ul.connection import (
     Aborted,
@@ -57,6 +58,8 @@ class ServerState:
     policy: AcceptorPolicy
     # (SOP class UID, request message type) -> the service that handles it.
     handlers: Mapping[tuple[str, type[Message]], Handler]
+    # (SOP class UID, request message type) -> where its dataset streams to; others are held in memory.
+    sinks: Mapping[tuple[str, type[Message]], SinkFactory]
     max_associations: int
     artim_timeout: float
     idle_timeout: float
@@ -78,9 +81,11 @@ class _Responder:
     def __init__(self, channel: Channel, op: _Operation) -> None:
         self._channel = channel
         self._op = op
+        self.last_status: int | None = None
 
     async def respond(self, message: Message, dataset: bytes | None = None) -> None:
         await self._channel.send_message(self._op.context_id, message, dataset)
+        self.last_status = getattr(message, "status", None)
 
     @property
     def cancel_requested(self) -> bool:
@@ -100,7 +105,8 @@ class AcceptorAssociation:
         self._negotiated: Negotiated | None = None
         self._request: AssociateRQ | None = None
         self._assembler = MessageAssembler()
-        self._incoming: tuple[CommandReceived, bytearray] | None = None
+        # The request whose dataset is arriving, and where its fragments go.
+        self._incoming: tuple[CommandReceived, bytearray | DatasetSink] | None = None
         self._queue: asyncio.Queue[tuple[Request, _Operation]] = asyncio.Queue(maxsize=1)
         self._current: _Operation | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -141,6 +147,7 @@ class AcceptorAssociation:
             raise
         finally:
             await self._stop_worker()
+            await self._discard_incoming()
             self._server.established.discard(self)
             await channel.close()
             if self._server.on_closed is not None:
@@ -234,35 +241,52 @@ class AcceptorAssociation:
                 AbortReason.INVALID_PDU_PARAMETER_VALUE,
             )
         if has_dataset(command):
-            self._incoming = (item, bytearray())
+            factory = self._server.sinks.get((context.abstract_syntax, type(command)))
+            assert self._request is not None
+            target: bytearray | DatasetSink = (
+                bytearray()
+                if factory is None
+                else await factory(context, command, self._request.calling_ae_title)
+            )
+            self._incoming = (item, target)
             return
         await self._dispatch(context, command, None)
 
     async def _on_fragment(self, channel: Channel, item: DatasetFragment) -> None:
         assert self._incoming is not None
-        command_item, buffer = self._incoming
-        if len(buffer) + len(item.data) > MAX_IN_MEMORY_DATASET:
-            raise RemoteProtocolError(
-                "dataset larger than this service accepts", AbortReason.INVALID_PDU_PARAMETER_VALUE
-            )
-        buffer += item.data
+        command_item, target = self._incoming
+        if isinstance(target, bytearray):
+            if len(target) + len(item.data) > MAX_IN_MEMORY_DATASET:
+                raise RemoteProtocolError(
+                    "dataset larger than this service accepts",
+                    AbortReason.INVALID_PDU_PARAMETER_VALUE,
+                )
+            target += item.data
+        else:
+            await target.write(item.data)
         if item.is_last:
             self._incoming = None
             context = self._context(command_item.context_id)
             assert context is not None
-            await self._dispatch(context, command_item.command, bytes(buffer))
+            if isinstance(target, bytearray):
+                await self._dispatch(context, command_item.command, bytes(target))
+            else:
+                await self._dispatch(context, command_item.command, None, target)
 
     def _context(self, context_id: int) -> AcceptedContext | None:
         assert self._negotiated is not None
         return self._negotiated.contexts.get(context_id)
 
     async def _dispatch(
-        self, context: AcceptedContext, command: Message, dataset: bytes | None
+        self,
+        context: AcceptedContext,
+        command: Message,
+        dataset: bytes | None,
+        sink: DatasetSink | None = None,
     ) -> None:
         assert self._request is not None
-        request = Request(
-            context, command, dataset, self._request.calling_ae_title, self._request.called_ae_title
-        )
+        rq = self._request
+        request = Request(context, command, dataset, rq.calling_ae_title, rq.called_ae_title, sink)
         op = _Operation(context.context_id, getattr(command, "message_id", 0))
         # Bounded: with no asynchronous operations window the peer has one request outstanding; a
         # peer that sends more waits here, which stops our reading and so its sending.
@@ -285,23 +309,35 @@ class AcceptorAssociation:
         command = request.command
         kind = type(command).__name__
         handler = self._server.handlers.get((request.context.abstract_syntax, type(command)))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.perf_counter()
         if handler is None:
             log.warning(
                 "dimse_unsupported", command=kind, sop_class=request.context.abstract_syntax
             )
             await _refuse(channel, request, op)
             return
+        responder = _Responder(channel, op)
         try:
-            await handler(request, _Responder(channel, op))
+            await handler(request, responder)
         except (WriteTimeout, ConnectionError):
             raise
         except Exception:
             log.exception("dimse_handler_failed", command=kind)
             await _refuse(channel, request, op, status.PROCESSING_FAILURE)
             return
-        log.info("dimse_done", command=kind, ms=round((loop.time() - started) * 1000, 2))
+        log.info(
+            "dimse_done",
+            command=kind,
+            status=f"{responder.last_status:04X}" if responder.last_status is not None else None,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _discard_incoming(self) -> None:
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None and not isinstance(incoming[1], bytearray):
+            # Aborted or closed mid-dataset: nothing of it may be stored, let alone acknowledged.
+            await incoming[1].discard()
+            log.warning("dataset_discarded", reason="association ended mid-dataset")
 
     async def _wait_idle(self) -> None:
         if self._worker is not None and not self._worker.done():

@@ -15,13 +15,25 @@ from dicomd.dimse.messages import Message
 from dicomd.ul.negotiation import AcceptedContext
 
 
+class DatasetSink(Protocol):
+    """Where a streamed dataset's fragments go as they arrive (C-STORE: a spool file)."""
+
+    async def write(self, data: bytes) -> None:
+        """Take the next fragment; the runner stops reading the peer until this returns."""
+
+    async def discard(self) -> None:
+        """The association ended before the last fragment: forget everything written."""
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     context: AcceptedContext
     command: Message
+    # The dataset when it was held in memory; None when it has none or it went to `sink`.
     dataset: bytes | None
     calling_ae_title: str
     called_ae_title: str
+    sink: DatasetSink | None = None
 
 
 class Responder(Protocol):
@@ -34,3 +46,5 @@ class Responder(Protocol):
 
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
+# Opens the sink for a request's dataset, given (context, command, calling AE title).
+SinkFactory = Callable[[AcceptedContext, Message, str], Awaitable[DatasetSink]]

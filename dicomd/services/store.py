@@ -1,0 +1,316 @@
+"""Storage SOP Classes as SCP (PS3.4 Annex B): stream, verify, persist, index, then answer.
+
+Owns: the order of the durable path and the mapping of every failure to its C-STORE status, in one
+place (PS3.4 B.2.3):
+
+    fragments -> spool file (written from a thread, a bounded buffer at a time)
+    last fragment -> in one worker thread: parse the header (bounded), check the UIDs against the
+        command, fsync, atomic rename into the hashed path, fsync the directory
+    -> index row committed (group commit) -> only then Success.
+
+File before index: a crash leaves at worst an orphan file that start-up adopts, never an index row
+that points at nothing. A dataset is never decoded whole: only its header, stopping before pixel data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+
+from dicomd.dimse import status
+from dicomd.dimse.messages import CStoreRQ, CStoreRSP, Message
+from dicomd.services.base import Request, Responder
+from dicomd.storage.files import FileMeta, FileStore, OutOfSpace, Spool, StorageError, StoredFile
+from dicomd.storage.index import Index, IndexUnavailable, PutResult
+from dicomd.storage.record import InstanceRecord, RecordError, record_from_dataset
+from dicomd.storage.scan import ScanError, scan
+from dicomd.ul.negotiation import AcceptedContext
+
+log = structlog.get_logger("dicomd.store")
+
+# Fragments are gathered up to this size before a thread writes them out: small instances reach the
+# disk in one write, large ones never hold more than this in memory.
+WRITE_CHUNK = 1 << 20
+
+DuplicatePolicy = Literal["keep", "replace", "reject"]
+
+
+class _Refused(Exception):
+    """A C-STORE outcome other than Success, with its status and Error Comment."""
+
+    def __init__(self, code: int, comment: str) -> None:
+        super().__init__(comment)
+        self.code = code
+        self.comment = comment
+
+
+class SpoolSink:
+    """A C-STORE dataset on its way to disk. Errors are remembered, not raised: the association
+    must keep reading the rest of the dataset and then answer with a failure status."""
+
+    def __init__(self, files: FileStore, meta: FileMeta) -> None:
+        self.meta = meta
+        self._files = files
+        self._buffer = bytearray()
+        self.spool: Spool | None = None
+        self.error: _Refused | None = None
+        self.received = 0
+        # The whole dataset, when it reached the spool in a single write: scanned from memory.
+        self.whole: bytes | bytearray | None = None
+
+    async def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.error is not None:
+            return  # already failed: drain the rest of the dataset without keeping it
+        self._buffer += data
+        if len(self._buffer) >= WRITE_CHUNK:
+            chunk, self._buffer = self._buffer, bytearray()
+            await asyncio.to_thread(self._write_sync, chunk)
+
+    def _write_sync(self, chunk: bytes | bytearray) -> None:
+        try:
+            if self.spool is None:
+                self.spool = self._files.create_spool(self.meta)
+            self.spool.write(chunk)
+        except OutOfSpace:
+            self._fail(_Refused(status.OUT_OF_RESOURCES, "out of disk space"))
+        except StorageError as e:
+            self._fail(_Refused(status.OUT_OF_RESOURCES, f"storage error: {e}"))
+
+    def _fail(self, error: _Refused) -> None:
+        self.error = error
+        self._buffer = bytearray()
+        if self.spool is not None:
+            self.spool.discard()
+            self.spool = None
+
+    def flush_sync(self) -> Spool:
+        """Write what is buffered; the spool holds the whole dataset afterwards (worker thread)."""
+        if self._buffer or self.spool is None:
+            chunk, self._buffer = self._buffer, bytearray()
+            if self.spool is None:
+                self.whole = chunk
+            self._write_sync(chunk)
+        if self.error is not None:
+            raise self.error
+        assert self.spool is not None
+        return self.spool
+
+    async def discard(self) -> None:
+        self._buffer = bytearray()
+        spool, self.spool = self.spool, None
+        if spool is not None:
+            await asyncio.to_thread(spool.discard)
+
+
+class StoreService:
+    def __init__(
+        self,
+        files: FileStore,
+        index: Index,
+        *,
+        duplicate_policy: DuplicatePolicy,
+        implementation_class_uid: str,
+        implementation_version_name: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._files = files
+        self._index = index
+        self._policy = duplicate_policy
+        self._impl_uid = implementation_class_uid
+        self._impl_version = implementation_version_name
+        self._clock = clock
+        # One store at a time per SOP Instance UID: the file path and the index row are both keyed
+        # by it, and two associations sending the same instance must not interleave.
+        self._locks: dict[str, list[Any]] = {}  # uid -> [lock, users]
+        self._in_flight: set[asyncio.Future[str]] = set()
+
+    async def open_sink(
+        self, context: AcceptedContext, command: Message, calling_ae_title: str
+    ) -> SpoolSink:
+        assert isinstance(command, CStoreRQ)
+        meta = FileMeta(
+            sop_class_uid=command.affected_sop_class_uid,
+            sop_instance_uid=command.affected_sop_instance_uid,
+            transfer_syntax_uid=context.transfer_syntax,
+            implementation_class_uid=self._impl_uid,
+            implementation_version_name=self._impl_version,
+            source_ae_title=calling_ae_title,
+        )
+        return SpoolSink(self._files, meta)
+
+    async def handle(self, request: Request, responder: Responder) -> None:
+        command = request.command
+        assert isinstance(command, CStoreRQ)
+        sink = request.sink
+        assert isinstance(sink, SpoolSink)
+        started = time.perf_counter()
+        uid = command.affected_sop_instance_uid
+        outcome = "stored"
+        try:
+            if command.affected_sop_class_uid != request.context.abstract_syntax:
+                raise _Refused(
+                    status.SOP_CLASS_NOT_SUPPORTED,
+                    "Affected SOP Class UID differs from the presentation context",
+                )
+            outcome = await self._finish(request, sink, command)
+            code, comment = status.SUCCESS, None
+        except _Refused as e:
+            await sink.discard()
+            code, comment, outcome = e.code, e.comment, "refused"
+        except BaseException:
+            await sink.discard()
+            raise
+        await responder.respond(
+            CStoreRSP(
+                message_id_being_responded_to=command.message_id,
+                affected_sop_class_uid=command.affected_sop_class_uid,
+                affected_sop_instance_uid=uid,
+                status=code,
+                error_comment=comment[:64] if comment else None,
+            )
+        )
+        log.info(
+            "c_store_done",
+            sop_instance_uid=uid,
+            sop_class_uid=command.affected_sop_class_uid,
+            status=f"{code:04X}",
+            outcome=outcome,
+            comment=comment,
+            bytes=sink.received,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _finish(self, request: Request, sink: SpoolSink, command: CStoreRQ) -> str:
+        # Shielded: once the dataset is complete, an abort or a shutdown of the association must not
+        # stop half-way between the rename and the index commit. The store finishes on its own;
+        # the peer, having no answer, will send the instance again.
+        task = asyncio.ensure_future(self._store(request, sink, command))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_log_unanswered)
+            raise
+
+    async def drain(self) -> None:
+        """Wait for stores that outlived their association (call before closing the index)."""
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _store(self, request: Request, sink: SpoolSink, command: CStoreRQ) -> str:
+        try:
+            return await self._store_locked(request, sink, command)
+        except BaseException:
+            await sink.discard()  # nothing half-written stays in tmp/
+            raise
+
+    async def _store_locked(self, request: Request, sink: SpoolSink, command: CStoreRQ) -> str:
+        uid = command.affected_sop_instance_uid
+        async with self._instance_lock(uid):
+            existing = await self._index.get(uid)
+            if existing is not None and self._policy != "replace":
+                if self._policy == "reject":
+                    raise _Refused(status.DUPLICATE_SOP_INSTANCE, "SOP Instance already stored")
+                await sink.discard()
+                return "kept-existing"
+            received_at = self._clock().isoformat(timespec="microseconds")
+            record, stored = await asyncio.to_thread(
+                self._persist_sync, sink, command, request, received_at
+            )
+            try:
+                result = await self._index.put(record, policy=self._policy)
+            except IndexUnavailable as e:
+                if existing is None:
+                    # Never indexed, never acknowledged: do not leave it for start-up to adopt.
+                    await asyncio.to_thread(self._files.remove, stored.relpath)
+                raise _Refused(status.OUT_OF_RESOURCES, f"index unavailable: {e}") from e
+            return "replaced" if result is PutResult.REPLACED else "stored"
+
+    @contextlib.asynccontextmanager
+    async def _instance_lock(self, uid: str) -> AsyncIterator[None]:
+        entry = self._locks.get(uid)
+        if entry is None:
+            entry = self._locks[uid] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[uid]
+
+    def _persist_sync(
+        self, sink: SpoolSink, command: CStoreRQ, request: Request, received_at: str
+    ) -> tuple[InstanceRecord, StoredFile]:
+        """Worker thread: header check, then fsync + rename + directory fsync."""
+        spool = sink.flush_sync()
+        ts = sink.meta.transfer_syntax_uid
+        try:
+            if sink.whole is not None:
+                scanned = scan(io.BytesIO(sink.whole), 0, len(sink.whole), ts)
+            else:
+                with open(spool.path, "rb") as f:
+                    scanned = scan(f, spool.dataset_offset, spool.size, ts)
+        except ScanError as e:
+            raise _Refused(status.CANNOT_UNDERSTAND, f"cannot parse dataset: {e}") from e
+        except OSError as e:
+            raise _Refused(status.OUT_OF_RESOURCES, f"storage error: {e.strerror}") from e
+        ds = scanned.dataset()
+        sop_class = str(ds.get("SOPClassUID", "")).strip()
+        sop_instance = str(ds.get("SOPInstanceUID", "")).strip()
+        if sop_class != command.affected_sop_class_uid:
+            raise _Refused(
+                status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"SOP Class UID in dataset is {sop_class!r}, command says another",
+            )
+        if sop_instance != command.affected_sop_instance_uid:
+            raise _Refused(
+                status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Instance UID in dataset differs from the command",
+            )
+        try:
+            # Built before installing, so a dataset we cannot index never lands in the store.
+            record = record_from_dataset(
+                ds,
+                transfer_syntax_uid=sink.meta.transfer_syntax_uid,
+                relpath="",
+                size=0,
+                sha256="",
+                received_at=received_at,
+                calling_ae_title=request.calling_ae_title,
+                attributes=scanned.blob,
+                attributes_transfer_syntax=scanned.blob_transfer_syntax,
+            )
+        except RecordError as e:
+            raise _Refused(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(e)) from e
+        try:
+            stored = self._files.install(spool, command.affected_sop_instance_uid)
+        except OutOfSpace as e:
+            raise _Refused(status.OUT_OF_RESOURCES, "out of disk space") from e
+        except StorageError as e:
+            raise _Refused(status.OUT_OF_RESOURCES, f"storage error: {e}") from e
+        sink.spool = None  # installed: no longer ours to discard
+        record = replace(record, relpath=stored.relpath, size=stored.size, sha256=stored.sha256)
+        return record, stored
+
+
+def _log_unanswered(task: asyncio.Future[str]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    log.warning(
+        "c_store_unanswered",
+        outcome=None if error is not None else task.result(),
+        error=str(error) if error is not None else None,
+    )
