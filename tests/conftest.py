@@ -6,15 +6,17 @@ import asyncio
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dicomd.app import build_state
-from dicomd.config import Config, ServerConfig
+from dicomd.app import Runtime, open_runtime
+from dicomd.config import Config, IndexConfig, ServerConfig, StorageConfig
 from dicomd.net.server import DicomServer
 
 IN_CI = os.environ.get("CI") == "true"
@@ -56,26 +58,45 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def make_config(**server: Any) -> Config:
+def make_config(
+    root: Path | None = None, storage: dict[str, Any] | None = None, **server: Any
+) -> Config:
+    """A test configuration: loopback, port 0, data under `root` (a fresh temp dir by default)."""
     server.setdefault("host", "127.0.0.1")
     server.setdefault("port", 0)
     server.setdefault("uvloop", False)
-    return replace(Config(), server=replace(ServerConfig(), **server))
+    root = root or Path(tempfile.mkdtemp(prefix="dicomd-test-"))
+    return replace(
+        Config(),
+        server=replace(ServerConfig(), **server),
+        storage=replace(StorageConfig(root=root / "store"), **(storage or {})),
+        index=IndexConfig(path=root / "index.sqlite"),
+    )
+
+
+@asynccontextmanager
+async def run_runtime(
+    config: Config | None = None, **state_overrides: Any
+) -> AsyncIterator[tuple[DicomServer, Runtime]]:
+    """A started server with its store and index; shut down (bounded) when the block ends."""
+    config = config or make_config()
+    runtime = await open_runtime(config)
+    for key, value in state_overrides.items():
+        setattr(runtime.state, key, value)
+    server = DicomServer(runtime.state, config.server.host, config.server.port)
+    await server.start()
+    try:
+        yield server, runtime
+    finally:
+        async with asyncio.timeout(15):
+            await server.shutdown(timeout=2.0)
+            await runtime.close()
 
 
 @asynccontextmanager
 async def run_server(
     config: Config | None = None, **state_overrides: Any
 ) -> AsyncIterator[DicomServer]:
-    """A started server on a free loopback port; shut down (10 s bound) when the block ends."""
-    config = config or make_config()
-    state = build_state(config)
-    for key, value in state_overrides.items():
-        setattr(state, key, value)
-    server = DicomServer(state, config.server.host, config.server.port)
-    await server.start()
-    try:
+    """A started server on a free loopback port; shut down (bounded) when the block ends."""
+    async with run_runtime(config, **state_overrides) as (server, _runtime):
         yield server
-    finally:
-        async with asyncio.timeout(10):
-            await server.shutdown(timeout=2.0)

@@ -90,3 +90,23 @@ class RawPeer:
     async def associate(self, rq: AssociateRQ | None = None) -> PDU | None:
         await self.send(rq or associate_rq())
         return await self.receive()
+
+
+def store_pdus(
+    *,
+    sop_class: str,
+    sop_instance: str,
+    dataset: bytes,
+    message_id: int = 1,
+    context_id: int = 1,
+    max_pdu: int = 16384,
+) -> list[PDataTF]:
+    """The P-DATA-TF PDUs of one C-STORE-RQ carrying `dataset`."""
+    from dicomd.dimse.fragments import fragment
+    from dicomd.dimse.messages import CStoreRQ
+
+    command = encode_command(CStoreRQ(message_id, sop_class, sop_instance))
+    return [
+        *fragment(context_id, command, is_command=True, max_pdu_length=max_pdu),
+        *fragment(context_id, dataset, is_command=False, max_pdu_length=max_pdu),
+    ]

@@ -171,7 +171,7 @@ async def test_association_limit_is_transient_local_limit() -> None:
 async def test_context_results() -> None:
     contexts = (
         PresentationContextRQ(1, VERIFICATION, (IMPLICIT,)),
-        PresentationContextRQ(3, "1.2.840.10008.5.1.4.1.1.2", (IMPLICIT,)),  # not supported (yet)
+        PresentationContextRQ(3, "1.2.826.0.1.3680043.9.9999.1", (IMPLICIT,)),  # unknown class
         PresentationContextRQ(5, VERIFICATION, ("1.2.840.10008.1.2.4.50",)),  # JPEG: no
         PresentationContextRQ(6, VERIFICATION, (IMPLICIT,)),  # even id: invalid
     )
@@ -320,8 +320,8 @@ async def test_shutdown_lets_running_operation_finish_then_aborts() -> None:
         await handle_echo(request, responder)
 
     config = make_config()
+    from dicomd.app import build_state
     from dicomd.net.server import DicomServer
-    from tests.conftest import build_state
 
     state = build_state(config)
     state.handlers = {(VERIFICATION_SOP_CLASS, CEchoRQ): slow_echo}
