@@ -325,7 +325,8 @@ class AcceptorAssociation:
             log.exception("dimse_handler_failed", command=kind)
             await _refuse(channel, request, op, status.PROCESSING_FAILURE)
             return
-        log.info(
+        # Services log their own outcome (c_store_done, ...); this line is for debugging.
+        log.debug(
             "dimse_done",
             command=kind,
             status=f"{responder.last_status:04X}" if responder.last_status is not None else None,

@@ -31,7 +31,7 @@ from dicomd.services.base import Request, Responder
 from dicomd.storage.files import FileMeta, FileStore, OutOfSpace, Spool, StorageError, StoredFile
 from dicomd.storage.index import Index, IndexUnavailable, PutResult
 from dicomd.storage.record import InstanceRecord, RecordError, record_from_dataset
-from dicomd.storage.scan import ScanError, scan
+from dicomd.storage.scan import EXPLICIT_VR_BE, ScanError, scan
 from dicomd.ul.negotiation import AcceptedContext
 
 log = structlog.get_logger("dicomd.store")
@@ -217,21 +217,32 @@ class StoreService:
     async def _store_locked(self, request: Request, sink: SpoolSink, command: CStoreRQ) -> str:
         uid = command.affected_sop_instance_uid
         async with self._instance_lock(uid):
-            existing = await self._index.get(uid)
-            if existing is not None and self._policy != "replace":
-                if self._policy == "reject":
-                    raise _Refused(status.DUPLICATE_SOP_INSTANCE, "SOP Instance already stored")
-                await sink.discard()
-                return "kept-existing"
             received_at = self._clock().isoformat(timespec="microseconds")
+            # One trip to a worker thread in the usual case: the file's path is a function of the
+            # UID, so "is it stored already?" is a stat there, and the index is asked only when
+            # the answer is yes.
+            keep_existing = self._policy != "replace"
             record, stored = await asyncio.to_thread(
-                self._persist_sync, sink, command, request, received_at
+                self._persist_sync, sink, command, request, received_at, keep_existing
             )
+            if stored is None:
+                existing = await self._index.get(uid)
+                if existing is not None:
+                    if self._policy == "reject":
+                        raise _Refused(status.DUPLICATE_SOP_INSTANCE, "SOP Instance already stored")
+                    await sink.discard()
+                    return "kept-existing"
+                # A file without an index row (left by a crash): this instance takes its place.
+                record, installed = await asyncio.to_thread(self._install_sync, sink, uid, record)
+                stored = installed
+            assert stored is not None
             try:
                 result = await self._index.put(record, policy=self._policy)
             except IndexUnavailable as e:
-                if existing is None:
-                    # Never indexed, never acknowledged: do not leave it for start-up to adopt.
+                if keep_existing:
+                    # The file is new (or replaced an orphan): never indexed, never acknowledged,
+                    # so it is not left for start-up to adopt. Under "replace" it may have
+                    # overwritten an indexed file; reconcile re-reads that one.
                     await asyncio.to_thread(self._files.remove, stored.relpath)
                 raise _Refused(status.OUT_OF_RESOURCES, f"index unavailable: {e}") from e
             return "replaced" if result is PutResult.REPLACED else "stored"
@@ -251,9 +262,15 @@ class StoreService:
                 del self._locks[uid]
 
     def _persist_sync(
-        self, sink: SpoolSink, command: CStoreRQ, request: Request, received_at: str
-    ) -> tuple[InstanceRecord, StoredFile]:
-        """Worker thread: header check, then fsync + rename + directory fsync."""
+        self,
+        sink: SpoolSink,
+        command: CStoreRQ,
+        request: Request,
+        received_at: str,
+        keep_existing: bool,
+    ) -> tuple[InstanceRecord, StoredFile | None]:
+        """Worker thread: header check, then fsync + rename + directory fsync. With
+        `keep_existing`, an instance whose file exists is not installed (None is returned)."""
         spool = sink.flush_sync()
         ts = sink.meta.transfer_syntax_uid
         try:
@@ -291,11 +308,22 @@ class StoreService:
                 calling_ae_title=request.calling_ae_title,
                 attributes=scanned.blob,
                 attributes_transfer_syntax=scanned.blob_transfer_syntax,
+                raw=scanned.elements,
+                little_endian=scanned.blob_transfer_syntax != EXPLICIT_VR_BE,
             )
         except RecordError as e:
             raise _Refused(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(e)) from e
+        uid = command.affected_sop_instance_uid
+        if keep_existing and self._files.path(self._files.relpath_for(uid)).exists():
+            return record, None
+        return self._install_sync(sink, uid, record)
+
+    def _install_sync(
+        self, sink: SpoolSink, uid: str, record: InstanceRecord
+    ) -> tuple[InstanceRecord, StoredFile]:
+        assert sink.spool is not None
         try:
-            stored = self._files.install(spool, command.affected_sop_instance_uid)
+            stored = self._files.install(sink.spool, uid)
         except OutOfSpace as e:
             raise _Refused(status.OUT_OF_RESOURCES, "out of disk space") from e
         except StorageError as e:

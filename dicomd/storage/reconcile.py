@@ -23,7 +23,7 @@ from pydicom.filereader import read_file_meta_info
 from dicomd.storage.files import FileStore
 from dicomd.storage.index import Index
 from dicomd.storage.record import InstanceRecord, RecordError, record_from_dataset
-from dicomd.storage.scan import ScanError, scan
+from dicomd.storage.scan import EXPLICIT_VR_BE, ScanError, scan
 
 log = structlog.get_logger("dicomd.reconcile")
 
@@ -80,6 +80,8 @@ def read_stored(path: Path, relpath: str) -> InstanceRecord:
             calling_ae_title=calling,
             attributes=scanned.blob,
             attributes_transfer_syntax=scanned.blob_transfer_syntax,
+            raw=scanned.elements,
+            little_endian=scanned.blob_transfer_syntax != EXPLICIT_VR_BE,
         )
     except (ScanError, RecordError, AttributeError, ValueError, OSError) as e:
         raise UnreadableFile(f"{relpath}: {e}") from e

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, Protocol
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
@@ -132,59 +134,74 @@ def record_from_dataset(
     calling_ae_title: str,
     attributes: bytes = b"",
     attributes_transfer_syntax: str = "",
+    raw: Mapping[int, RawValue] | None = None,
+    little_endian: bool = True,
 ) -> InstanceRecord:
-    """Extract the index record; raises RecordError when one of the four key UIDs is missing."""
-    missing = [keyword for keyword in _REQUIRED_UIDS if not _text(ds, keyword)]
+    """Extract the index record; raises RecordError when one of the four key UIDs is missing.
+
+    `raw`, when given, holds the same top-level elements undecoded (tag -> VR and value bytes, as
+    `storage/scan.py` collects them): plain ASCII text and binary integers are then read from there
+    directly, a fraction of pydicom's cost per value, and everything else falls back to `ds`.
+    """
+    charset = raw.get(0x00080005) if raw is not None else None
+    if raw is None or (charset is not None and b"ISO_IR 13" in charset.value):
+        # ISO_IR 13 (JIS X 0201) is the one character set whose G0 is not ASCII (0x5C is a yen sign).
+        text = partial(_text, ds)
+        integer = partial(_integer, ds)
+    else:
+        text = partial(_fast_text, ds, raw)
+        integer = partial(_fast_integer, ds, raw, "<" if little_endian else ">")
+    missing = [keyword for keyword in _REQUIRED_UIDS if not text(keyword)]
     if missing:
         raise RecordError(f"missing {', '.join(missing)}")
     # Specific Character Set first: it is read without a charset of its own, and reading it
     # before anything else keeps pydicom's decoding of the other elements consistent.
-    specific_character_set = _text(ds, "SpecificCharacterSet")
+    specific_character_set = text("SpecificCharacterSet")
     return InstanceRecord(
-        patient_id=_text(ds, "PatientID"),
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
-        patient_name=_text(ds, "PatientName"),
-        patient_birth_date=_text(ds, "PatientBirthDate"),
-        patient_birth_time=_text(ds, "PatientBirthTime"),
-        patient_sex=_text(ds, "PatientSex"),
+        patient_id=text("PatientID"),
+        issuer_of_patient_id=text("IssuerOfPatientID"),
+        patient_name=text("PatientName"),
+        patient_birth_date=text("PatientBirthDate"),
+        patient_birth_time=text("PatientBirthTime"),
+        patient_sex=text("PatientSex"),
         other_patient_ids=_other_patient_ids(ds),
-        ethnic_group=_text(ds, "EthnicGroup"),
-        patient_comments=_text(ds, "PatientComments"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_id=_text(ds, "StudyID"),
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician_name=_text(ds, "ReferringPhysicianName"),
-        name_of_physicians_reading_study=_text(ds, "NameOfPhysiciansReadingStudy"),
-        admitting_diagnoses_description=_text(ds, "AdmittingDiagnosesDescription"),
-        patient_age=_text(ds, "PatientAge"),
-        patient_size=_text(ds, "PatientSize"),
-        patient_weight=_text(ds, "PatientWeight"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        modality=_text(ds, "Modality"),
-        series_number=_integer(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_date=_text(ds, "SeriesDate"),
-        series_time=_text(ds, "SeriesTime"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        performing_physician_name=_text(ds, "PerformingPhysicianName"),
-        protocol_name=_text(ds, "ProtocolName"),
-        operators_name=_text(ds, "OperatorsName"),
-        laterality=_text(ds, "Laterality"),
+        ethnic_group=text("EthnicGroup"),
+        patient_comments=text("PatientComments"),
+        study_instance_uid=text("StudyInstanceUID"),
+        study_date=text("StudyDate"),
+        study_time=text("StudyTime"),
+        accession_number=text("AccessionNumber"),
+        study_id=text("StudyID"),
+        study_description=text("StudyDescription"),
+        referring_physician_name=text("ReferringPhysicianName"),
+        name_of_physicians_reading_study=text("NameOfPhysiciansReadingStudy"),
+        admitting_diagnoses_description=text("AdmittingDiagnosesDescription"),
+        patient_age=text("PatientAge"),
+        patient_size=text("PatientSize"),
+        patient_weight=text("PatientWeight"),
+        series_instance_uid=text("SeriesInstanceUID"),
+        modality=text("Modality"),
+        series_number=integer("SeriesNumber"),
+        series_description=text("SeriesDescription"),
+        series_date=text("SeriesDate"),
+        series_time=text("SeriesTime"),
+        body_part_examined=text("BodyPartExamined"),
+        performing_physician_name=text("PerformingPhysicianName"),
+        protocol_name=text("ProtocolName"),
+        operators_name=text("OperatorsName"),
+        laterality=text("Laterality"),
         request_attributes=_request_attributes(ds),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
-        instance_number=_integer(ds, "InstanceNumber"),
-        content_date=_text(ds, "ContentDate"),
-        content_time=_text(ds, "ContentTime"),
-        acquisition_date=_text(ds, "AcquisitionDate"),
-        acquisition_time=_text(ds, "AcquisitionTime"),
-        number_of_frames=_integer(ds, "NumberOfFrames"),
-        rows=_integer(ds, "Rows"),
-        columns=_integer(ds, "Columns"),
-        image_type=_text(ds, "ImageType"),
+        sop_instance_uid=text("SOPInstanceUID"),
+        sop_class_uid=text("SOPClassUID"),
+        instance_number=integer("InstanceNumber"),
+        content_date=text("ContentDate"),
+        content_time=text("ContentTime"),
+        acquisition_date=text("AcquisitionDate"),
+        acquisition_time=text("AcquisitionTime"),
+        number_of_frames=integer("NumberOfFrames"),
+        rows=integer("Rows"),
+        columns=integer("Columns"),
+        image_type=text("ImageType"),
         transfer_syntax_uid=transfer_syntax_uid,
         relpath=relpath,
         size=size,
@@ -195,6 +212,69 @@ def record_from_dataset(
         attributes=attributes,
         attributes_transfer_syntax=attributes_transfer_syntax,
     )
+
+
+# --- the raw fast path ---------------------------------------------------------------------------
+
+
+class RawValue(Protocol):
+    """One undecoded element (storage.scan.Element has this shape)."""
+
+    @property
+    def vr(self) -> str: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+
+# Text VRs whose ASCII bytes are their value (PS3.5 6.2): pydicom would decode them to the same str.
+_ASCII_TEXT_VRS: Final = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"}
+)
+_BINARY_INTEGERS: Final = {"US": "H", "UL": "I", "SS": "h", "SL": "i"}
+_TAGS: dict[str, int] = {}
+
+
+def _tag(keyword: str) -> int | None:
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = tag_for_keyword(keyword)
+        if tag is not None:
+            _TAGS[keyword] = tag
+    return tag
+
+
+def _fast_text(ds: Dataset, raw: Mapping[int, RawValue], keyword: str) -> str:
+    tag = _tag(keyword)
+    element = raw.get(tag) if tag is not None else None
+    if element is None:
+        return ""
+    value = element.value
+    if element.vr in _ASCII_TEXT_VRS and value.isascii() and b"\x1b" not in value:
+        text = value.decode("ascii")
+        if element.vr in _LEADING_SPACE_VRS:
+            return text.rstrip(" \x00")
+        return "\\".join(part.strip(" \x00") for part in text.split("\\"))
+    return _text(ds, keyword)
+
+
+def _fast_integer(
+    ds: Dataset, raw: Mapping[int, RawValue], endian: str, keyword: str
+) -> int | None:
+    tag = _tag(keyword)
+    element = raw.get(tag) if tag is not None else None
+    if element is None:
+        return None
+    code = _BINARY_INTEGERS.get(element.vr)
+    if code is not None:
+        size = struct.calcsize(code)
+        if len(element.value) < size:
+            return None
+        return int(struct.unpack_from(endian + code, element.value)[0])
+    if element.vr == "IS" and element.value.isascii():
+        first = element.value.decode("ascii").split("\\")[0]
+        return _to_int(first)
+    return _integer(ds, keyword)
 
 
 # --- single values -------------------------------------------------------------------------------

@@ -358,3 +358,62 @@ def test_arbitrary_values_never_crash(charset: bytes, values: list[bytes], impli
     assert rec.sop_instance_uid == "1.2.3.4.5"
     assert rec.series_number is None or isinstance(rec.series_number, int)
     assert rec.rows is None or 0 <= rec.rows < 65536
+
+
+# --- the raw fast path agrees with pydicom -------------------------------------------------------
+
+_FAST_FIELDS = [
+    ("PatientName", st.sampled_from(["Doe^John", "Müller^Jürgen", "王^小东", "O'Neil^Ann  ", ""])),
+    ("PatientID", st.sampled_from(["P1", " 42 ", "ID\\ALT", ""])),
+    ("StudyDate", st.sampled_from(["20260101", "", "2026"])),
+    ("SeriesNumber", st.sampled_from(["1", " 7 ", "", "1\\2"])),
+    ("ImageType", st.sampled_from(["ORIGINAL\\PRIMARY\\AXIAL", "DERIVED ", ""])),
+    ("PatientComments", st.sampled_from(["  leading spaces kept", "plain", "Ünïcode"])),
+    ("StudyDescription", st.sampled_from(["Chest", "胸部", ""])),
+]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.tuples(*(strategy for _name, strategy in _FAST_FIELDS)),
+    charset=st.sampled_from(["ISO_IR 192", "ISO_IR 100", "GB18030", ""]),
+    encoding=st.sampled_from(["implicit", "explicit", "big"]),
+    rows=st.integers(0, 65535),
+)
+def test_raw_fast_path_equals_pydicom(
+    values: tuple[str, ...], charset: str, encoding: str, rows: int
+) -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from dicomd.storage.scan import scan
+
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    for (keyword, _strategy), value in zip(_FAST_FIELDS, values, strict=True):
+        setattr(ds, keyword, value)
+    ds.Rows = rows
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.4"
+    ds.SOPInstanceUID, ds.SOPClassUID = "1.2.3.4.5", "1.2.840.10008.5.1.4.1.1.2"
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = encoding == "implicit", encoding != "big"
+    ts = {"implicit": "1.2.840.10008.1.2", "explicit": "1.2.840.10008.1.2.1"}.get(
+        encoding, "1.2.840.10008.1.2.2"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            write_dataset(fp, ds)
+        except (UnicodeEncodeError, ValueError):
+            return  # a value the charset cannot represent: nothing to compare
+        data = fp.getvalue()
+        scanned = scan(BytesIO(data), 0, len(data), ts)
+        slow = record_from_dataset(scanned.dataset(), **FILE_ARGS)  # type: ignore[arg-type]
+        fast = record_from_dataset(
+            scanned.dataset(),
+            **FILE_ARGS,  # type: ignore[arg-type]
+            raw=scanned.elements,
+            little_endian=encoding != "big",
+        )
+    assert fast == slow
