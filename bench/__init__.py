@@ -1,0 +1,1 @@
+"""dicomd's benchmarks against DCMTK and pynetdicom: `bench/run [NAME [OPTIONS]]`."""

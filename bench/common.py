@@ -1,0 +1,277 @@
+"""What every benchmark needs: finding the peers, running processes we own, measuring a server.
+
+Processes are started here and ended here, each by its PID (SIGTERM, then SIGKILL after a grace
+period). Everything listens and connects on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+HOST = "127.0.0.1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MB = 1_000_000
+
+
+class BenchError(Exception):
+    """A run that cannot go on (its reason becomes the row's FAILED text)."""
+
+
+# -- peers ------------------------------------------------------------------------------------
+
+
+def find_dcmtk(name: str) -> str | None:
+    """DCMTK's executable `name` on PATH (then /usr/bin), passing over pynetdicom's Python apps.
+
+    pynetdicom installs console scripts called storescp, storescu, echoscu, ... that shadow DCMTK's
+    binaries on PATH; DCMTK's are ELF files, those are '#!' scripts.
+    """
+    directories = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin"]
+    for directory in directories:
+        path = shutil.which(name, path=directory) if directory else None
+        if path is None:
+            continue
+        with open(path, "rb") as f:
+            if f.read(2) == b"#!":
+                continue
+        return path
+    return None
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def version_of(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def dcmtk_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    return out.split("$")[1].strip() if "$" in out else out.strip().splitlines()[0]
+
+
+def dcmtk_env() -> dict[str, str]:
+    # DCMTK keeps Nagle's algorithm on without TCP_NODELAY=1: each small exchange then waits for a
+    # delayed ACK (~40 ms), which would measure the kernel's timer instead of the server.
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def git_revision() -> str:
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dicomd_revision": git_revision(),
+    }
+
+
+# -- processes we own -------------------------------------------------------------------------
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
+    """End a process we started, by its PID: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextmanager
+def spawned(
+    argv: Sequence[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A background process, its stdout and stderr in `log`, stopped when the block ends."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=cwd
+        )
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], echoscu: str, port: int, aet: str, log: Path, timeout: float
+) -> None:
+    """Wait until the server answers a C-ECHO (DCMTK echoscu), or fail with the reason."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"server exited with {proc.returncode} at start: {tail(log, 1)}")
+        echo = subprocess.run(
+            [echoscu, "-q", "-to", "5", "-aet", "BENCH", "-aec", aet, HOST, str(port)],
+            capture_output=True,
+            env=dcmtk_env(),
+            timeout=30,
+            check=False,
+        )
+        if echo.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise BenchError(f"server did not answer C-ECHO within {timeout:.0f} s: {tail(log, 1)}")
+
+
+# -- measuring a server's process tree --------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """pid and its live descendants (through /proc/PID/task/TID/children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the tree, including children it has waited for (cutime, cstime)."""
+    ticks = 0
+    for member in tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / CLOCK_TICKS
+
+
+def status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Monitor:
+    """Samples the tree's resident memory every `interval` seconds in a thread."""
+
+    pid: int
+    interval: float = 0.05
+    peak_rss_bytes: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Monitor:
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        # The root's high-water mark catches a peak between two samples.
+        self.peak_rss_bytes = max(self.peak_rss_bytes, status_kib(self.pid, "VmHWM") * 1024)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = sum(status_kib(member, "VmRSS") for member in tree(self.pid)) * 1024
+            self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+            self._stop.wait(self.interval)
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+
+def count_files(directory: Path, pattern: str = "*") -> int:
+    return sum(1 for p in directory.rglob(pattern) if p.is_file()) if directory.exists() else 0
+
+
+def tree_bytes(paths: Sequence[Path]) -> int:
+    return sum(p.stat().st_size for p in paths)
+
+
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO = sys.stdout
+) -> None:
+    """Left-aligned first column, right-aligned numbers; a FAILED row's reason runs on."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths[0] = max(widths[0], len(row[0]))
+        if len(row) == len(headers):
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=False)]
+        return "  ".join([first, *rest])
+
+    print(line(headers), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in rows:
+        print(
+            line(row) if len(row) == len(headers) else f"{row[0].ljust(widths[0])}  {row[1]}",
+            file=out,
+        )
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
