@@ -56,8 +56,12 @@ def fragment(
     *,
     is_command: bool,
     max_pdu_length: int,
+    last: bool = True,
 ) -> Iterator[PDataTF]:
     """P-DATA-TF PDUs carrying `data`, one PDV each, every PDU-length field <= max_pdu_length.
+
+    With `last=False`, `data` is one piece of a longer message (a stored file streamed in chunks):
+    no PDV gets the last-fragment bit, and an empty piece yields nothing.
 
     `max_pdu_length` is the peer's Maximum Length (0 = unlimited). Lazy: a PDU is cut only when
     asked for, and slices of `data` are copied one PDV at a time. An empty `data` still yields one
@@ -73,15 +77,19 @@ def fragment(
     else:
         raise LocalProtocolError(f"maximum PDU length {max_pdu_length} cannot carry any data")
     view = memoryview(data).cast("B")  # any contiguous buffer, addressed in bytes
-    return _fragments(context_id, view, _COMMAND_BIT if is_command else 0, chunk)
+    if not last and not view:
+        return iter(())
+    return _fragments(context_id, view, _COMMAND_BIT if is_command else 0, chunk, last)
 
 
-def _fragments(context_id: int, view: memoryview, kind: int, chunk: int) -> Iterator[PDataTF]:
+def _fragments(
+    context_id: int, view: memoryview, kind: int, chunk: int, last: bool
+) -> Iterator[PDataTF]:
     total = len(view)
     offset = 0
     while True:
         end = min(offset + chunk, total)
-        header = kind | (_LAST_BIT if end == total else 0)
+        header = kind | (_LAST_BIT if end == total and last else 0)
         yield PDataTF((PDV(context_id, header, bytes(view[offset:end])),))
         if end == total:
             return

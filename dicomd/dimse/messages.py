@@ -372,6 +372,11 @@ def command_field(msg: Message) -> CommandField:
     return _LAYOUTS[type(msg)].command_field
 
 
+def is_response(msg: Message) -> bool:
+    """Whether `msg` answers a request (its Command Field has bit 15 set, PS3.7 E.1)."""
+    return bool(command_field(msg) & 0x8000)
+
+
 def has_dataset(msg: Message) -> bool:
     """Whether a data set follows the command set on the wire (PS3.7 9.3)."""
     fixed = _LAYOUTS[type(msg)].dataset

@@ -23,10 +23,10 @@ import structlog
 
 from dicomd.dimse import status
 from dicomd.dimse.fragments import CommandReceived, DatasetFragment, MessageAssembler
-from dicomd.dimse.messages import CCancelRQ, Message, has_dataset
+from dicomd.dimse.messages import CCancelRQ, Message, has_dataset, is_response
 from dicomd.dimse.responses import failure_response
 from dicomd.net.channel import Channel, IdleTimeout, WriteTimeout, set_nodelay
-from dicomd.services.base import DatasetSink, Handler, Request, SinkFactory
+from dicomd.services.base import DatasetSink, DatasetSource, Handler, Request, SinkFactory
 from dicomd.ul.codes import AbortReason, LocalProtocolError, RemoteProtocolError
 from dicomd.ul.connection import (
     Aborted,
@@ -78,7 +78,8 @@ class _Operation:
 
 
 class _Responder:
-    def __init__(self, channel: Channel, op: _Operation) -> None:
+    def __init__(self, association: AcceptorAssociation, channel: Channel, op: _Operation) -> None:
+        self._association = association
         self._channel = channel
         self._op = op
         self.last_status: int | None = None
@@ -90,6 +91,17 @@ class _Responder:
     @property
     def cancel_requested(self) -> bool:
         return self._op.cancel
+
+    @property
+    def contexts(self) -> Mapping[int, AcceptedContext]:
+        assert self._association._negotiated is not None
+        return self._association._negotiated.contexts
+
+    def next_message_id(self) -> int:
+        return self._association.next_message_id()
+
+    async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
+        return await self._association.request(self._channel, context_id, message, dataset)
 
 
 class AcceptorAssociation:
@@ -111,6 +123,9 @@ class AcceptorAssociation:
         self._current: _Operation | None = None
         self._worker: asyncio.Task[None] | None = None
         self._channel: Channel | None = None
+        # Requests we sent to the peer (C-GET sub-operations), by Message ID, awaiting a response.
+        self._awaiting: dict[int, asyncio.Future[Message]] = {}
+        self._message_ids = 0
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -226,8 +241,35 @@ class AcceptorAssociation:
             await self._stop_worker()
             channel.connection.protocol_error(e)
 
+    def next_message_id(self) -> int:
+        self._message_ids = self._message_ids % 0xFFFF + 1
+        return self._message_ids
+
+    async def request(
+        self, channel: Channel, context_id: int, message: Message, dataset: DatasetSource
+    ) -> Message:
+        """Send a request to the peer and wait (DIMSE timeout) for its response."""
+        message_id = getattr(message, "message_id", None)
+        assert isinstance(message_id, int)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._awaiting[message_id] = future
+        try:
+            await channel.send_message(context_id, message, dataset)
+            async with asyncio.timeout(self._server.dimse_timeout):
+                return await future
+        finally:
+            self._awaiting.pop(message_id, None)
+
     async def _on_command(self, channel: Channel, item: CommandReceived) -> None:
         command = item.command
+        if is_response(command):
+            waiter = self._awaiting.get(getattr(command, "message_id_being_responded_to", -1))
+            if waiter is None or waiter.done():
+                raise RemoteProtocolError(
+                    f"unexpected {type(command).__name__}", AbortReason.UNEXPECTED_PDU_PARAMETER
+                )
+            waiter.set_result(command)
+            return
         if isinstance(command, CCancelRQ):
             current = self._current
             if current is not None and current.message_id == command.message_id_being_responded_to:
@@ -316,7 +358,7 @@ class AcceptorAssociation:
             )
             await _refuse(channel, request, op)
             return
-        responder = _Responder(channel, op)
+        responder = _Responder(self, channel, op)
         try:
             await handler(request, responder)
         except (WriteTimeout, ConnectionError):

@@ -14,10 +14,12 @@ from collections.abc import Iterable
 
 from dicomd.dimse.fragments import fragment
 from dicomd.dimse.messages import Message, encode_command
+from dicomd.services.base import FileSlice
 from dicomd.ul.connection import Connection, ConnectionEvent, NeedData
 from dicomd.ul.pdu import PDataTF
 
 READ_CHUNK = 256 * 1024
+FILE_CHUNK = 1024 * 1024
 # Flush to the socket (and wait for the peer to read) every this many bytes of a large message, so
 # that sending a big dataset never holds more than this in our buffers.
 FLUSH_EVERY = 1024 * 1024
@@ -99,7 +101,7 @@ class Channel:
         self.last_activity = self._loop.time()
 
     async def send_message(
-        self, context_id: int, message: Message, dataset: bytes | memoryview | None = None
+        self, context_id: int, message: Message, dataset: bytes | FileSlice | None = None
     ) -> None:
         """Send one DIMSE message: its command, then its dataset, each in as many PDUs as needed."""
         max_pdu = self.connection.peer_max_pdu_length
@@ -109,10 +111,43 @@ class Channel:
                     context_id, encode_command(message), is_command=True, max_pdu_length=max_pdu
                 )
             )
-            if dataset is not None:
+            if isinstance(dataset, FileSlice):
+                await self._send_file(context_id, dataset, max_pdu)
+            elif dataset is not None:
                 await self._send_fragments(
                     fragment(context_id, dataset, is_command=False, max_pdu_length=max_pdu)
                 )
+
+    async def _send_file(self, context_id: int, source: FileSlice, max_pdu: int) -> None:
+        """Stream a stored file's dataset: the next chunk is read (in a thread) while this one is
+        sent, so memory holds two chunks whatever the file's size, and the bytes go out as stored."""
+        f = await asyncio.to_thread(open, source.path, "rb")
+        try:
+            await asyncio.to_thread(f.seek, source.offset)
+            remaining = source.length
+            pending = asyncio.ensure_future(asyncio.to_thread(f.read, min(FILE_CHUNK, remaining)))
+            while True:
+                chunk = await pending
+                if len(chunk) < min(FILE_CHUNK, remaining):
+                    raise OSError(f"{source.path} is shorter than its index entry")
+                remaining -= len(chunk)
+                if remaining:
+                    pending = asyncio.ensure_future(
+                        asyncio.to_thread(f.read, min(FILE_CHUNK, remaining))
+                    )
+                await self._send_fragments(
+                    fragment(
+                        context_id,
+                        chunk,
+                        is_command=False,
+                        max_pdu_length=max_pdu,
+                        last=remaining == 0,
+                    )
+                )
+                if not remaining:
+                    return
+        finally:
+            await asyncio.to_thread(f.close)
 
     async def _send_fragments(self, pdus: Iterable[PDataTF]) -> None:
         pending = 0

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 
 from dicomd.dimse.fragments import CommandReceived, MessageAssembler
 from dicomd.dimse.messages import CEchoRQ, CEchoRSP, Message, has_dataset
 from dicomd.net.channel import Channel, set_nodelay
+from dicomd.services.base import DatasetSource
 from dicomd.ul.codes import AbortReason, ContextResult
 from dicomd.ul.connection import (
     Aborted,
@@ -36,7 +36,7 @@ from dicomd.ul.items import (
     UserInformation,
     UserItem,
 )
-from dicomd.ul.negotiation import DICOM_APPLICATION_CONTEXT, AcceptedContext
+from dicomd.ul.negotiation import DICOM_APPLICATION_CONTEXT, AcceptedContext, ProposedContext
 from dicomd.ul.pdu import AssociateAC, AssociateRJ, AssociateRQ
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -55,15 +55,6 @@ class AssociationRejectedError(AssociationError):
             f"source {int(rejection.source)}, reason {int(rejection.reason)}"
         )
         self.rejection = rejection
-
-
-@dataclass(frozen=True, slots=True)
-class ProposedContext:
-    abstract_syntax: str
-    transfer_syntaxes: tuple[str, ...]
-    # Role selection (PS3.7 D.3.3.4); None leaves the default (we are SCU only).
-    scu_role: bool | None = None
-    scp_role: bool | None = None
 
 
 class RequestorAssociation:
@@ -146,8 +137,18 @@ class RequestorAssociation:
                 return ctx
         return None
 
-    async def send(self, context_id: int, message: Message, dataset: bytes | None = None) -> None:
+    async def send(self, context_id: int, message: Message, dataset: DatasetSource = None) -> None:
         await self._channel.send_message(context_id, message, dataset)
+
+    async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
+        """Send a request and return its response (one outstanding operation at a time)."""
+        await self.send(context_id, message, dataset)
+        message_id = getattr(message, "message_id", None)
+        while True:
+            _cid, response, _ds = await self.receive()
+            if getattr(response, "message_id_being_responded_to", None) == message_id:
+                return response
+            raise AssociationError(f"unexpected message while waiting for a response: {response}")
 
     async def receive(self) -> tuple[int, Message, bytes | None]:
         """The next whole DIMSE message from the peer (its dataset, if any, in memory)."""

@@ -7,12 +7,27 @@ through a callable the same way.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+from dicomd.config import RemoteAE
 from dicomd.dimse.messages import Message
-from dicomd.ul.negotiation import AcceptedContext
+from dicomd.ul.negotiation import AcceptedContext, ProposedContext
+
+
+@dataclass(frozen=True, slots=True)
+class FileSlice:
+    """A dataset to send that lives in a file (a stored instance): streamed, never loaded whole."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+# What a DIMSE message carries as its dataset: nothing, bytes in memory, or a stored file's tail.
+DatasetSource = bytes | FileSlice | None
 
 
 class DatasetSink(Protocol):
@@ -43,6 +58,37 @@ class Responder(Protocol):
     @property
     def cancel_requested(self) -> bool:
         """A C-CANCEL-RQ for this operation has arrived (PS3.7 9.3.2.3)."""
+
+    @property
+    def contexts(self) -> Mapping[int, AcceptedContext]:
+        """The presentation contexts accepted on this association."""
+
+    def next_message_id(self) -> int:
+        """A Message ID for a request we send on this association (C-GET sub-operations)."""
+
+    async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
+        """Send a request to the peer on this association and return its response (C-GET's
+        C-STORE sub-operations, PS3.4 C.4.3.3)."""
+
+
+class Outbound(Protocol):
+    """An association we opened to another AE (C-MOVE's destination)."""
+
+    @property
+    def contexts(self) -> Mapping[int, AcceptedContext]: ...
+
+    def next_message_id(self) -> int: ...
+
+    async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
+        """Send a request and return the peer's response."""
+
+    async def release(self) -> None: ...
+
+    async def abort(self) -> None: ...
+
+
+# Opens an association from us to a configured remote AE, proposing these contexts.
+OpenOutbound = Callable[[RemoteAE, Sequence[ProposedContext]], Awaitable[Outbound]]
 
 
 Handler = Callable[[Request, Responder], Awaitable[None]]

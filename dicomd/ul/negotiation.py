@@ -51,6 +51,21 @@ class AcceptedContext:
     # Roles of the association-requestor; we take the opposite ones.
     requestor_is_scu: bool = True
     requestor_is_scp: bool = False
+    # Our answer to the requestor's SOP class extended negotiation for this abstract syntax
+    # (PS3.7 D.3.3.5), b"" when there was none: what the service may rely on (Q/R: relational
+    # queries, combined date-time matching).
+    extended_negotiation: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ProposedContext:
+    """A presentation context we propose as association-requestor."""
+
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+    # Role selection (PS3.7 D.3.3.4); None leaves the default (the requestor is SCU only).
+    scu_role: bool | None = None
+    scp_role: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +135,12 @@ def negotiate(rq: AssociateRQ, policy: AcceptorPolicy) -> Negotiated | Associate
         return _user_reject(UserRejectReason.NO_REASON_GIVEN)
 
     roles = _requested_roles(rq.user_information)
+    extended: dict[str, bytes] = {}
+    for item in rq.user_information.extended_negotiations:
+        answer_fn = policy.extended_negotiation.get(item.sop_class_uid)
+        answer = answer_fn(item.info) if answer_fn is not None else None
+        if answer is not None:
+            extended[item.sop_class_uid] = answer
     results: list[PresentationContextAC] = []
     accepted: dict[int, AcceptedContext] = {}
     role_replies: dict[str, RoleSelection] = {}
@@ -141,20 +162,16 @@ def negotiate(rq: AssociateRQ, policy: AcceptorPolicy) -> Negotiated | Associate
             scu = proposed.scu_role
             scp = proposed.scp_role and pc.abstract_syntax in policy.requestor_scp_allowed
             role_replies[pc.abstract_syntax] = RoleSelection(pc.abstract_syntax, scu, scp)
-        accepted[pc.context_id] = AcceptedContext(pc.context_id, pc.abstract_syntax, ts, scu, scp)
+        accepted[pc.context_id] = AcceptedContext(
+            pc.context_id, pc.abstract_syntax, ts, scu, scp, extended.get(pc.abstract_syntax, b"")
+        )
 
-    extended: dict[str, bytes] = {}
     user_items: list[UserItem] = [
         MaximumLength(policy.max_pdu_length),
         ImplementationClassUID(policy.implementation_class_uid),
     ]
     user_items.extend(role_replies.values())
-    for item in rq.user_information.extended_negotiations:
-        answer_fn = policy.extended_negotiation.get(item.sop_class_uid)
-        answer = answer_fn(item.info) if answer_fn is not None else None
-        if answer is not None:
-            extended[item.sop_class_uid] = answer
-            user_items.append(SOPClassExtendedNegotiation(item.sop_class_uid, answer))
+    user_items.extend(SOPClassExtendedNegotiation(uid, info) for uid, info in extended.items())
     user_items.append(ImplementationVersionName(policy.implementation_version_name))
     # Asynchronous operations window and user identity are left out of the AC on purpose: PS3.7
     # D.3.3.3 and D.3.3.7 say an acceptor that does not support them omits the sub-item, which means

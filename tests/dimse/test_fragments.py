@@ -433,3 +433,18 @@ def test_undecodable_command(raw: bytes, match: str) -> None:
         "bad command set: .*" + match,
     )
     assert isinstance(error.__cause__, ValueError)
+
+
+def test_pieces_of_one_message_carry_the_last_bit_only_at_the_end() -> None:
+    pieces = [b"a" * 10_000, b"", b"b" * 5, b"c" * 20_000]
+    pdus = [
+        pdu
+        for i, piece in enumerate(pieces)
+        for pdu in fragment(
+            1, piece, is_command=False, max_pdu_length=4096, last=i == len(pieces) - 1
+        )
+    ]
+    pdvs = [pdu.pdvs[0] for pdu in pdus]
+    assert [p.is_last for p in pdvs] == [False] * (len(pdvs) - 1) + [True]
+    assert b"".join(p.data for p in pdvs) == b"".join(pieces)
+    assert all(len(p.data) + 6 <= 4096 for p in pdvs)
