@@ -1,4 +1,4 @@
-"""Command line: `dicomd serve|echo|check-config|reindex`."""
+"""Command line: `dicomd serve|echo|check-config|reindex|verify|stats`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         help="re-read every stored file, not only the suspect ones",
     )
 
+    p_verify = sub.add_parser(
+        "verify", help="check every stored file against the hash in the index; exit 1 on problems"
+    )
+    p_verify.add_argument("--config", type=Path, help="TOML file (default: embedded defaults)")
+    p_stats = sub.add_parser("stats", help="counts and sizes of what is stored")
+    p_stats.add_argument("--config", type=Path, help="TOML file (default: embedded defaults)")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args.config)
@@ -50,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         return _echo(args)
     if args.command == "reindex":
         return _reindex(args.config, rebuild=args.rebuild)
+    if args.command == "verify":
+        return _verify(args.config)
+    if args.command == "stats":
+        return _stats(args.config)
     return _check_config(args.file)
 
 
@@ -92,31 +104,60 @@ def _echo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reindex(path: Path | None, *, rebuild: bool) -> int:
+def _on_store(path: Path | None, job: Callable[[Any, Any], Awaitable[tuple[int, Any]]]) -> int:
+    """Run an admin job on the configured file store and index; print its JSON result."""
     try:
         cfg = config.load(path)
     except config.ConfigError as e:
         print(f"dicomd: {e}", file=sys.stderr)
         return 2
-    log.configure(cfg.log.level, cfg.log.format)
+    log.configure(cfg.log.level, "console" if cfg.log.format == "auto" else cfg.log.format)
 
-    async def run() -> dict[str, int]:
+    async def run() -> tuple[int, Any]:
         from dicomd.storage.files import FileStore
         from dicomd.storage.index import Index
-        from dicomd.storage.reconcile import reconcile
 
         files = FileStore(cfg.storage.root, fsync=cfg.storage.durability == "full")
         cfg.index.path.parent.mkdir(parents=True, exist_ok=True)
         index = await Index.open(cfg.index.path, busy_timeout=cfg.index.busy_timeout)
         try:
-            report = await reconcile(files, index, rebuild=rebuild)
-            counts = await index.counts()
+            return await job(files, index)
         finally:
             await index.close()
-        return {**asdict(report), **{f"index_{k}": v for k, v in counts.items()}}
 
-    print(json.dumps(asyncio.run(run()), indent=2))
-    return 0
+    code, result = asyncio.run(run())
+    print(json.dumps(result, indent=2, default=_jsonable))
+    return code
+
+
+def _reindex(path: Path | None, *, rebuild: bool) -> int:
+    from dicomd.storage.reconcile import reconcile
+
+    async def job(files: Any, index: Any) -> tuple[int, Any]:
+        report = await reconcile(files, index, rebuild=rebuild)
+        counts = await index.counts()
+        return 0, {**asdict(report), **{f"index_{k}": v for k, v in counts.items()}}
+
+    return _on_store(path, job)
+
+
+def _verify(path: Path | None) -> int:
+    from dicomd.storage.verify import verify
+
+    async def job(files: Any, index: Any) -> tuple[int, Any]:
+        report = await verify(files, index)
+        return (0 if report.ok else 1), {**asdict(report), "ok": report.ok}
+
+    return _on_store(path, job)
+
+
+def _stats(path: Path | None) -> int:
+    from dicomd.storage.verify import stats
+
+    async def job(files: Any, index: Any) -> tuple[int, Any]:
+        return 0, await stats(files, index)
+
+    return _on_store(path, job)
 
 
 def _check_config(path: Path) -> int:
