@@ -22,6 +22,9 @@ is still written: its file is already installed, and an indexed file beats an or
 
 Reads (get, iter_instances, counts) use a second, read-only connection, so they never wait behind
 a group commit; in WAL mode a reader sees the last committed state while a writer writes.
+C-FIND's statements (query()) run on a small pool of further read-only connections (reads.py),
+one per running query, so a long result streamed to a slow peer holds up neither these reads nor
+other queries.
 
 put() semantics: the record upserts patient (key: patient_id + issuer_of_patient_id) -> study
 (study_instance_uid) -> series (series_instance_uid) -> instance (sop_instance_uid). Higher levels
@@ -39,7 +42,8 @@ import json
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import attrgetter
@@ -48,6 +52,7 @@ from typing import Any, Final, Literal, TypeAlias, get_args
 
 import aiosqlite
 
+from dicomd.storage.reads import ReadPool, Rows
 from dicomd.storage.record import InstanceRecord
 from dicomd.storage.schema import (
     INSTANCE_COLUMNS,
@@ -73,6 +78,7 @@ _SYNCHRONOUS: Final = frozenset({"FULL", "NORMAL", "EXTRA"})
 
 BATCH_LIMIT: Final = 256
 ITER_PAGE: Final = 512  # rows per page of iter_instances
+QUERY_CONNECTIONS: Final = 8  # concurrent query() statements (C-FIND), each on its own connection
 
 _PATIENT_KEY: Final = ("patient_id", "issuer_of_patient_id")
 # A record's parameters for each upsert below: the parent's natural key, then the level's columns.
@@ -322,9 +328,16 @@ class Index:
     """The open index; make it with `await Index.open(path)`, end it with `await close()`."""
 
     def __init__(
-        self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        *,
+        busy_timeout: float = 5.0,
     ) -> None:
         self.path = path
+        # C-FIND's connections (reads.py): long queries never hold up `reader`.
+        self._reads = ReadPool(path, size=QUERY_CONNECTIONS, busy_timeout=busy_timeout)
         self._writer_conn = writer
         self._reader = reader
         self._queue: deque[_Op] = deque()
@@ -335,6 +348,13 @@ class Index:
         self._transactions = 0
         self._failed = 0
         self._records = 0
+        # The last row this writer wrote for each parent (patient, study, series) key. The upserts
+        # are idempotent, so a row equal to the last one written need not be written again: the
+        # usual batch (slices of a series already stored) then writes its instance rows only.
+        # Valid because this connection is the only writer; cleared on rollback and on delete.
+        self._parent_rows: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}
+        self._pending_rows: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}
+        self._forget_parents = False
         self._writer_task = asyncio.get_running_loop().create_task(
             self._write_loop(), name=f"dicomd-index-writer {path}"
         )
@@ -381,7 +401,7 @@ class Index:
             if isinstance(exc, sqlite3.Error):
                 raise IndexUnavailable(f"cannot open the index {path}: {exc}") from exc
             raise
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, busy_timeout=busy_timeout)
 
     async def close(self) -> None:
         """Write what is queued, stop the writer, close both connections. Idempotent."""
@@ -403,6 +423,7 @@ class Index:
                 await self._writer_conn.close()
             finally:
                 await self._reader.close()
+                await self._reads.close()
 
     @property
     def stats(self) -> IndexStats:
@@ -470,6 +491,9 @@ class Index:
             _settle(op.future, result)
 
     async def _rollback(self) -> None:
+        self._pending_rows.clear()
+        self._parent_rows.clear()
+        self._forget_parents = False
         try:
             if self._writer_conn.in_transaction:
                 await self._writer_conn.execute("ROLLBACK")
@@ -489,6 +513,14 @@ class Index:
             )
             results = [None] * len(batch)
         await conn.execute("COMMIT")
+        if self._forget_parents:
+            self._parent_rows.clear()
+            self._forget_parents = False
+        else:
+            self._parent_rows.update(self._pending_rows)
+        self._pending_rows.clear()
+        if len(self._parent_rows) > 100_000:
+            self._parent_rows.clear()  # bounded: a cache miss only costs an upsert
         self._transactions += 1
         if isinstance(batch[0], _Put):
             self._records += len(batch)
@@ -545,9 +577,18 @@ class Index:
             parents.setdefault((1, r.series_instance_uid), set()).add((r.study_instance_uid,))
             parents.setdefault((2, r.study_instance_uid), set()).add(patient_key)
 
-        await conn.executemany(_UPSERT_PATIENT, patients.values())
-        await conn.executemany(_UPSERT_STUDY, studies.values())
-        await conn.executemany(_UPSERT_SERIES, series.values())
+        for level, sql, rows in (
+            ("patient", _UPSERT_PATIENT, patients),
+            ("study", _UPSERT_STUDY, studies),
+            ("series", _UPSERT_SERIES, series),
+        ):
+            changed = [
+                row for key, row in rows.items() if self._parent_rows.get((level, key)) != row
+            ]
+            if changed:
+                await conn.executemany(sql, changed)
+            for key, row in rows.items():
+                self._pending_rows[level, key] = row
         await conn.executemany(_UPSERT_INSTANCE, [_instance_row(r) for r in written])
         # Something moved (in the database, or between records of this batch): parents it left may
         # be empty now. The common batch moves nothing and skips these statements.
@@ -563,6 +604,7 @@ class Index:
         return results
 
     async def _delete_batch(self, uids: list[str]) -> None:
+        self._parent_rows.clear()  # deletes may remove parents: forget what was written
         conn = self._writer_conn
         found = await conn.execute_fetchall(_DELETE_LOOKUP, (_keys(uids),))
         old_pks: tuple[set[int], set[int], set[int]] = (set(), set(), set())
@@ -578,6 +620,10 @@ class Index:
         pks: tuple[set[int], set[int], set[int]],
         keys: tuple[list[str], list[str], list[tuple[str, str]]],
     ) -> None:
+        # Parents may disappear here: nothing cached about this batch (or before it) holds.
+        self._pending_rows.clear()
+        self._parent_rows.clear()
+        self._forget_parents = True
         conn = self._writer_conn
         series_keys, study_keys, patient_keys = keys
         for sql, level_pks, level_keys in (
@@ -588,6 +634,24 @@ class Index:
             await conn.execute(sql, (json.dumps(sorted(level_pks)), level_keys))
 
     # --- reads -----------------------------------------------------------------------------------
+
+    def add_sql_function(self, name: str, nargs: int, fn: Callable[..., Any]) -> None:
+        """Register a (deterministic, total) SQL function for the statements of query()."""
+        self._reads.add_function(name, nargs, fn)
+
+    def query(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> AbstractAsyncContextManager[Rows]:
+        """Run a read-only statement on a connection of its own; page with `await rows.fetch(n)`.
+
+        The statement is one snapshot of the index, held until the block exits. When `should_stop()`
+        turns true while a fetch runs, the statement is interrupted and fetch() raises QueryStopped.
+        """
+        return self._reads.query(sql, params, should_stop=should_stop)
 
     async def get(self, sop_instance_uid: str) -> StoredInstance | None:
         rows = list(await self._reader.execute_fetchall(_GET, (sop_instance_uid,)))

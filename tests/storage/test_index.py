@@ -567,3 +567,24 @@ async def test_a_cancelled_put_is_still_written(index: Index, db_path: Path) -> 
     # The writer still writes it (its file is installed); a later put sees it.
     assert await index.put(make_record(2), policy="replace") is PutResult.INSERTED
     assert table_counts(db_path) == (1, 1, 1, 2)
+
+
+async def test_parent_rows_are_rewritten_after_a_move_emptied_them(tmp_path: Path) -> None:
+    """The writer skips unchanged parent rows; a parent deleted by a move must come back."""
+    index = await Index.open(tmp_path / "i.sqlite")
+    try:
+        a = make_record(1, sop_instance_uid="1.1", series_instance_uid="9.1")
+        await index.put(a, policy="replace")
+        # Move the only instance of series 9.1 to 9.2: series 9.1 is deleted as empty.
+        await index.put(
+            make_record(1, sop_instance_uid="1.1", series_instance_uid="9.2"), policy="replace"
+        )
+        # A new instance of series 9.1, with the very row written the first time.
+        await index.put(
+            make_record(1, sop_instance_uid="1.2", series_instance_uid="9.1"), policy="keep"
+        )
+        got = await index.get("1.2")
+        assert got is not None and got.series_instance_uid == "9.1"
+        assert (await index.counts())["series"] == 2
+    finally:
+        await index.close()

@@ -1,0 +1,1 @@
+"""C-FIND: information models, matching as SQL, response identifiers (no I/O)."""
