@@ -1,0 +1,573 @@
+"""C-GET and C-MOVE SCP (PS3.4 C.4.2, C.4.3): one sub-operation loop, two ways to send.
+
+Owns: resolving a retrieve identifier to stored instances (unique keys only, PS3.4 C.4.2.2.1), the
+sub-operation loop with its counts, pending responses, cancel and final status (PS3.4 C.4.2.1.5,
+C.4.3.1.4), choosing a presentation context (and a conversion when the stored syntax was not
+accepted), and opening the C-MOVE destination's association through a callable the runner gives us
+(services never import `net`).
+
+Stored files go out as they are on disk — streamed, not decoded — whenever the stored transfer syntax
+was accepted; that is also what makes a retrieved dataset byte-identical to the one received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pydicom
+import structlog
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+
+from dicomd.config import RemoteAE
+from dicomd.dimse import status
+from dicomd.dimse.messages import CGetRQ, CGetRSP, CMoveRQ, CMoveRSP, CStoreRQ, CStoreRSP, Message
+from dicomd.query.identifier import QueryError, read_identifier
+from dicomd.services.base import (
+    DatasetSource,
+    FileSlice,
+    OpenOutbound,
+    Outbound,
+    Request,
+    Responder,
+)
+from dicomd.services.sop_classes import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+)
+from dicomd.storage.files import FileStore
+from dicomd.storage.index import Index
+from dicomd.ul.negotiation import AcceptedContext, ProposedContext
+
+log = structlog.get_logger("dicomd.retrieve")
+
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+PATIENT_STUDY_ONLY_MOVE = "1.2.840.10008.5.1.4.1.2.3.2"  # retired, still used
+PATIENT_STUDY_ONLY_GET = "1.2.840.10008.5.1.4.1.2.3.3"
+GET_SOP_CLASSES = (PATIENT_ROOT_GET, STUDY_ROOT_GET, PATIENT_STUDY_ONLY_GET)
+MOVE_SOP_CLASSES = (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE, PATIENT_STUDY_ONLY_MOVE)
+
+# Levels each model has (PS3.4 C.6.1, C.6.2, C.6.3).
+_LEVELS = {
+    "patient": ("PATIENT", "STUDY", "SERIES", "IMAGE"),
+    "study": ("STUDY", "SERIES", "IMAGE"),
+    "patient-study": ("PATIENT", "STUDY"),
+}
+_MODEL = {
+    PATIENT_ROOT_GET: "patient",
+    PATIENT_ROOT_MOVE: "patient",
+    STUDY_ROOT_GET: "study",
+    STUDY_ROOT_MOVE: "study",
+    PATIENT_STUDY_ONLY_GET: "patient-study",
+    PATIENT_STUDY_ONLY_MOVE: "patient-study",
+}
+# Unique key of each level, its index column, and the keyword for error comments.
+_UNIQUE = {
+    "PATIENT": (0x00100020, "p.patient_id", "PatientID"),
+    "STUDY": (0x0020000D, "st.study_instance_uid", "StudyInstanceUID"),
+    "SERIES": (0x0020000E, "se.series_instance_uid", "SeriesInstanceUID"),
+    "IMAGE": (0x00080018, "i.sop_instance_uid", "SOPInstanceUID"),
+}
+_UNCOMPRESSED = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE)
+FAILED_SOP_INSTANCE_UID_LIST = 0x00080058
+MAX_INSTANCES = 1_000_000  # one retrieve; beyond this the request is refused (A701/A702)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A stored instance to send."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    relpath: str
+    size: int
+
+
+class _Sender(Protocol):
+    """Where sub-operations go: this association (C-GET) or the destination's (C-MOVE)."""
+
+    @property
+    def contexts(self) -> Mapping[int, AcceptedContext]: ...
+
+    def next_message_id(self) -> int: ...
+
+    async def request(
+        self, context_id: int, message: Message, dataset: DatasetSource
+    ) -> Message: ...
+
+
+@dataclass
+class _Counts:
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+
+class RetrieveService:
+    def __init__(
+        self,
+        files: FileStore,
+        index: Index,
+        *,
+        ae_title: str,
+        remote_ae: Mapping[str, RemoteAE] | None,
+        open_outbound: OpenOutbound | None,
+    ) -> None:
+        self._files = files
+        self._index = index
+        self._ae_title = ae_title
+        self._remote_ae = dict(remote_ae or {})
+        self._open_outbound = open_outbound
+
+    def set_remotes(self, remote_ae: Mapping[str, RemoteAE]) -> None:
+        """Replace the C-MOVE destination table (configuration reload)."""
+        self._remote_ae = dict(remote_ae)
+
+    # -- C-GET -----------------------------------------------------------------------------------
+
+    async def handle_get(self, request: Request, responder: Responder) -> None:
+        command = request.command
+        assert isinstance(command, CGetRQ)
+        started = time.perf_counter()
+        try:
+            targets = await self._resolve(request)
+        except QueryError as e:
+            await responder.respond(_get_rsp(command, e.code, comment=e.comment))
+            return
+        counts = await self._run(
+            targets, responder, _GetSender(responder), command, originator=None, pending=_get_rsp
+        )
+        await self._finish(
+            command, counts, responder, _get_rsp, started, "c_get_done", request.context
+        )
+
+    # -- C-MOVE ----------------------------------------------------------------------------------
+
+    async def handle_move(self, request: Request, responder: Responder) -> None:
+        command = request.command
+        assert isinstance(command, CMoveRQ)
+        started = time.perf_counter()
+        destination = self._remote_ae.get(command.move_destination)
+        if destination is None or self._open_outbound is None:
+            log.warning("c_move_unknown_destination", destination=command.move_destination)
+            await responder.respond(
+                _move_rsp(
+                    command,
+                    status.MOVE_DESTINATION_UNKNOWN,
+                    comment=f"unknown move destination {command.move_destination!r}",
+                )
+            )
+            return
+        try:
+            targets = await self._resolve(request)
+        except QueryError as e:
+            await responder.respond(_move_rsp(command, e.code, comment=e.comment))
+            return
+        counts = _Counts(remaining=len(targets))
+        outbound: Outbound | None = None
+        if targets:
+            try:
+                outbound = await self._open_outbound(destination, _proposals(targets))
+            except Exception as e:
+                log.warning(
+                    "c_move_destination_failed", destination=destination.ae_title, error=str(e)
+                )
+                counts = _Counts(0, 0, len(targets), 0, [t.sop_instance_uid for t in targets])
+                await self._finish(
+                    command,
+                    counts,
+                    responder,
+                    _move_rsp,
+                    started,
+                    "c_move_done",
+                    request.context,
+                    comment=str(e)[:64],
+                )
+                return
+        try:
+            if outbound is not None:
+                counts = await self._run(
+                    targets,
+                    responder,
+                    outbound,
+                    command,
+                    originator=(request.calling_ae_title, command.message_id),
+                    pending=_move_rsp,
+                )
+        finally:
+            if outbound is not None:
+                await _close(outbound)
+        await self._finish(
+            command, counts, responder, _move_rsp, started, "c_move_done", request.context
+        )
+
+    # -- the shared loop -------------------------------------------------------------------------
+
+    async def _resolve(self, request: Request) -> list[Target]:
+        command = request.command
+        assert isinstance(command, CGetRQ | CMoveRQ)
+        model = _MODEL[request.context.abstract_syntax]
+        if request.dataset is None:
+            raise QueryError(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "no identifier")
+        ds = await asyncio.to_thread(
+            read_identifier, request.dataset, request.context.transfer_syntax
+        )
+        sql, params = _retrieve_sql(ds, model)
+        targets: list[Target] = []
+        async with self._index.query(sql, params) as rows:
+            while batch := await rows.fetch(1000):
+                targets.extend(Target(*row) for row in batch)
+                if len(targets) > MAX_INSTANCES:
+                    raise QueryError(status.OUT_OF_RESOURCES_SUBOPS, "too many instances")
+        return targets
+
+    async def _run(
+        self,
+        targets: Sequence[Target],
+        responder: Responder,
+        sender: _Sender,
+        command: CGetRQ | CMoveRQ,
+        *,
+        originator: tuple[str, int] | None,
+        pending: _RspFactory,
+    ) -> _Counts:
+        counts = _Counts(remaining=len(targets))
+        for target in targets:
+            if responder.cancel_requested:
+                break
+            counts.remaining -= 1
+            outcome = await self._sub_operation(target, sender, originator)
+            if outcome == "completed":
+                counts.completed += 1
+            elif outcome == "warning":
+                counts.warning += 1
+            else:
+                counts.failed += 1
+                counts.failed_uids.append(target.sop_instance_uid)
+            if counts.remaining:
+                # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
+                await responder.respond(
+                    pending(
+                        command,
+                        status.PENDING,
+                        remaining=counts.remaining,
+                        completed=counts.completed,
+                        failed=counts.failed,
+                        warning=counts.warning,
+                    )
+                )
+        return counts
+
+    async def _sub_operation(
+        self, target: Target, sender: _Sender, originator: tuple[str, int] | None
+    ) -> str:
+        choice = _choose_context(sender.contexts, target)
+        if choice is None:
+            log.info("sub_operation_no_context", sop_instance_uid=target.sop_instance_uid)
+            return "failed"
+        context, dataset = choice
+        path = self._files.path(target.relpath)
+        try:
+            if dataset is None:
+                source: DatasetSource = await asyncio.to_thread(_file_slice, path)
+            else:
+                source = await asyncio.to_thread(
+                    _convert, path, target.transfer_syntax_uid, context.transfer_syntax
+                )
+        except (OSError, ValueError, NotImplementedError, RuntimeError) as e:
+            log.warning(
+                "sub_operation_unreadable", sop_instance_uid=target.sop_instance_uid, error=str(e)
+            )
+            return "failed"
+        rq = CStoreRQ(
+            message_id=sender.next_message_id(),
+            affected_sop_class_uid=target.sop_class_uid,
+            affected_sop_instance_uid=target.sop_instance_uid,
+            move_originator_ae_title=originator[0] if originator else None,
+            move_originator_message_id=originator[1] if originator else None,
+        )
+        try:
+            rsp = await sender.request(context.context_id, rq, source)
+        except Exception as e:  # the destination went away, timed out, or broke the protocol
+            log.warning(
+                "sub_operation_failed", sop_instance_uid=target.sop_instance_uid, error=str(e)
+            )
+            return "failed"
+        if not isinstance(rsp, CStoreRSP):
+            return "failed"
+        category = status.category(rsp.status)
+        if category is status.StatusCategory.SUCCESS:
+            return "completed"
+        if category is status.StatusCategory.WARNING:
+            return "warning"
+        return "failed"
+
+    async def _finish(
+        self,
+        command: CGetRQ | CMoveRQ,
+        counts: _Counts,
+        responder: Responder,
+        factory: _RspFactory,
+        started: float,
+        event: str,
+        context: AcceptedContext,
+        comment: str | None = None,
+    ) -> None:
+        cancelled = responder.cancel_requested and counts.remaining > 0
+        if cancelled:
+            code = status.CANCEL
+        elif counts.failed == 0 and counts.warning == 0:
+            code = status.SUCCESS
+        elif counts.completed == 0 and counts.warning == 0:
+            code = status.OUT_OF_RESOURCES_SUBOPS  # every sub-operation failed (A702)
+        else:
+            code = status.SUBOPS_WARNING  # B000: some failed or warned
+        identifier = None
+        if counts.failed_uids:
+            ds = Dataset()
+            ds.FailedSOPInstanceUIDList = counts.failed_uids
+            identifier = _encode_identifier(ds, context.transfer_syntax)
+        await responder.respond(
+            factory(
+                command,
+                code,
+                # PS3.4 C.4.2.1.5: the final response has no remaining count, except after a cancel.
+                remaining=counts.remaining if cancelled else None,
+                completed=counts.completed,
+                failed=counts.failed,
+                warning=counts.warning,
+                comment=comment,
+                has_dataset=identifier is not None,
+            ),
+            identifier,
+        )
+        log.info(
+            event,
+            status=f"{code:04X}",
+            completed=counts.completed,
+            failed=counts.failed,
+            warning=counts.warning,
+            remaining=counts.remaining,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+class _RspFactory(Protocol):
+    def __call__(
+        self,
+        command: CGetRQ | CMoveRQ,
+        code: int,
+        *,
+        remaining: int | None = None,
+        completed: int | None = None,
+        failed: int | None = None,
+        warning: int | None = None,
+        comment: str | None = None,
+        has_dataset: bool = False,
+    ) -> Message: ...
+
+
+def _get_rsp(
+    command: CGetRQ | CMoveRQ,
+    code: int,
+    *,
+    remaining: int | None = None,
+    completed: int | None = None,
+    failed: int | None = None,
+    warning: int | None = None,
+    comment: str | None = None,
+    has_dataset: bool = False,
+) -> Message:
+    return CGetRSP(
+        command.message_id,
+        command.affected_sop_class_uid,
+        code,
+        has_dataset,
+        remaining,
+        completed,
+        failed,
+        warning,
+        comment[:64] if comment else None,
+    )
+
+
+def _move_rsp(
+    command: CGetRQ | CMoveRQ,
+    code: int,
+    *,
+    remaining: int | None = None,
+    completed: int | None = None,
+    failed: int | None = None,
+    warning: int | None = None,
+    comment: str | None = None,
+    has_dataset: bool = False,
+) -> Message:
+    return CMoveRSP(
+        command.message_id,
+        command.affected_sop_class_uid,
+        code,
+        has_dataset,
+        remaining,
+        completed,
+        failed,
+        warning,
+        comment[:64] if comment else None,
+    )
+
+
+class _GetSender:
+    """C-GET's sub-operations go back over the request's own association, on contexts where the
+    SCU took the SCP role (PS3.4 C.4.3.3, role selection PS3.7 D.3.3.4)."""
+
+    def __init__(self, responder: Responder) -> None:
+        self._responder = responder
+
+    @property
+    def contexts(self) -> Mapping[int, AcceptedContext]:
+        return {k: c for k, c in self._responder.contexts.items() if c.requestor_is_scp}
+
+    def next_message_id(self) -> int:
+        return self._responder.next_message_id()
+
+    async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
+        return await self._responder.request(context_id, message, dataset)
+
+
+def _retrieve_sql(ds: Dataset, model: str) -> tuple[str, list[object]]:
+    """The instances a retrieve identifier names (unique keys only, PS3.4 C.4.2.2.1)."""
+    level_element = ds.get(0x00080052)  # Query/Retrieve Level
+    level = str(level_element.value).strip().upper() if level_element is not None else ""
+    levels = _LEVELS[model]
+    if level not in levels:
+        raise QueryError(
+            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            f"Query/Retrieve Level {level!r} is not one of {', '.join(levels)}",
+            (0x00080052,),
+        )
+    conditions: list[str] = []
+    params: list[object] = []
+    for name in levels[: levels.index(level) + 1]:
+        tag, column, keyword = _UNIQUE[name]
+        element = ds.get(tag)
+        values = _values(element.value) if element is not None else []
+        if name == level:
+            if not values:
+                raise QueryError(
+                    status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                    f"{keyword} is required at the {level} level",
+                    (tag,),
+                )
+            # A list of UIDs is allowed at the retrieve level (PS3.4 C.4.2.2.1).
+            conditions.append(f"{column} IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(values))
+        elif values:
+            # Keys above the level narrow the request when given (hierarchical, single value).
+            conditions.append(f"{column} = ?")
+            params.append(values[0])
+    sql = (
+        "SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.relpath, i.size"
+        " FROM instance AS i JOIN series AS se ON se.pk = i.series_pk"
+        " JOIN study AS st ON st.pk = se.study_pk JOIN patient AS p ON p.pk = st.patient_pk"
+        f" WHERE {' AND '.join(conditions)}"
+        " ORDER BY st.pk, se.series_number, se.pk, i.instance_number, i.pk"
+    )
+    return sql, params
+
+
+def _values(value: object) -> list[str]:
+    items = value if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
+    return [str(v).strip() for v in items if v is not None and str(v).strip()]
+
+
+def _choose_context(
+    contexts: Mapping[int, AcceptedContext], target: Target
+) -> tuple[AcceptedContext, str | None] | None:
+    """The context to send `target` on, and the syntax to convert to (None: send as stored)."""
+    candidates = [c for c in contexts.values() if c.abstract_syntax == target.sop_class_uid]
+    for ctx in candidates:
+        if ctx.transfer_syntax == target.transfer_syntax_uid:
+            return ctx, None
+    for ctx in candidates:
+        if ctx.transfer_syntax in _UNCOMPRESSED:
+            return ctx, ctx.transfer_syntax  # convert (or decompress, if a codec is installed)
+    return None
+
+
+def _proposals(targets: Sequence[Target]) -> list[ProposedContext]:
+    """C-MOVE's outbound contexts: one per (SOP class, stored syntax), plus an uncompressed
+    fallback per SOP class, within PS3.8's 128 presentation contexts."""
+    proposals: dict[tuple[str, tuple[str, ...]], None] = {}
+    for t in targets:
+        proposals[(t.sop_class_uid, (t.transfer_syntax_uid,))] = None
+    for sop in dict.fromkeys(t.sop_class_uid for t in targets):
+        proposals[(sop, (EXPLICIT_VR_LE, IMPLICIT_VR_LE))] = None
+    contexts = [ProposedContext(sop, ts) for sop, ts in proposals]
+    return contexts[:128]
+
+
+def _file_slice(path: Path) -> FileSlice:
+    """The dataset part of a stored Part 10 file (after the File Meta group, PS3.10 7.1)."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+        size = f.seek(0, io.SEEK_END)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError(f"{path.name} is not a Part 10 file with a group length")
+    offset = 144 + int.from_bytes(head[140:144], "little")
+    return FileSlice(path, offset, size - offset)
+
+
+def _convert(path: Path, source_ts: str, target_ts: str) -> bytes:
+    """The stored dataset re-encoded in `target_ts` (worker thread; whole dataset in memory).
+
+    Between the uncompressed syntaxes and Deflated only, or from a compressed one when pydicom has a
+    decoder for it installed; anything else raises and the sub-operation counts as failed."""
+    ds = pydicom.dcmread(path)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()  # raises when no codec is installed for this syntax
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = target_ts == IMPLICIT_VR_LE
+    fp.is_little_endian = target_ts != EXPLICIT_VR_BE
+    write_dataset(fp, ds)
+    data = fp.getvalue()
+    if target_ts == DEFLATED_EXPLICIT_VR_LE:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(data) + compressor.flush()
+    return data
+
+
+def _encode_identifier(ds: Dataset, transfer_syntax: str) -> bytes:
+    """A response identifier in the presentation context's transfer syntax."""
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LE
+    fp.is_little_endian = transfer_syntax != EXPLICIT_VR_BE
+    write_dataset(fp, ds)
+    data = fp.getvalue()
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(data) + compressor.flush()
+    return data
+
+
+async def _close(outbound: Outbound) -> None:
+    try:
+        async with asyncio.timeout(10):
+            await outbound.release()
+    except Exception:
+        await outbound.abort()

@@ -1,0 +1,372 @@
+"""C-GET and C-MOVE against independent peers: DCMTK getscu/movescu (with DCMTK storescp as the
+move destination) and pynetdicom, byte-identical datasets after the round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicomd.config import Config, RemoteAE
+from dicomd.dimse import status
+from tests import dicomgen
+from tests.conftest import free_port, make_config, require_tool, run_runtime
+from tests.interop.test_echo_interop import background, run_tool
+from tests.interop.test_store_interop import _pynetdicom_store
+
+pytestmark = pytest.mark.interop
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+
+
+def make_study(
+    directory: Path, *, n_series: int = 2, per_series: int = 3, seed: int = 1
+) -> list[Path]:
+    """A study of a few series, uncompressed (so any SCU can take them as stored)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    study = pydicom.uid.generate_uid(entropy_srcs=["study", str(seed)])
+    files = []
+    for s in range(n_series):
+        series = pydicom.uid.generate_uid(entropy_srcs=["series", str(seed), str(s)])
+        for i in range(per_series):
+            files.append(
+                dicomgen.write_instance(
+                    directory / f"s{s}-i{i}.dcm",
+                    sop_class_uid=CT if s % 2 == 0 else MR,
+                    transfer_syntax_uid=ExplicitVRLittleEndian if i % 2 else ImplicitVRLittleEndian,
+                    study_uid=study,
+                    series_uid=series,
+                    seed=seed * 1000 + s * 100 + i,
+                    size_bytes=8192,
+                    PatientID=f"PAT{seed}",
+                    SeriesNumber=s + 1,
+                    InstanceNumber=i + 1,
+                )
+            )
+    return files
+
+
+def uids(path: Path) -> Dataset:
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def by_uid(files: list[Path]) -> dict[str, bytes]:
+    return {str(uids(p).SOPInstanceUID): dicomgen.dataset_bytes(p) for p in files}
+
+
+def _identifier(level: str, **keys: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def _pynetdicom_get(
+    port: int, model: str, identifier: Dataset, *, cancel_after: int | None = None
+) -> tuple[list[int], dict[str, bytes], Dataset | None]:
+    """C-GET with pynetdicom; returns (statuses, received dataset bytes by UID, last identifier)."""
+    from pynetdicom import AE, build_role, evt
+
+    received: dict[str, bytes] = {}
+    state: dict[str, Any] = {}
+
+    def on_store(event: Any) -> int:
+        raw = event.request.DataSet.getvalue()
+        received[str(event.request.AffectedSOPInstanceUID)] = raw
+        if cancel_after is not None and len(received) == cancel_after:
+            state["assoc"].send_c_cancel(1, state["ctx"])
+        return 0x0000
+
+    ae = AE(ae_title="PYGET")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(model)
+    roles = []
+    for sop in (CT, MR):
+        # One context per syntax, so every instance can come back as it was stored.
+        ae.add_requested_context(sop, [ExplicitVRLittleEndian])
+        ae.add_requested_context(sop, [ImplicitVRLittleEndian])
+        roles.append(build_role(sop, scp_role=True))
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title="DICOMD",
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    state["assoc"] = assoc
+    state["ctx"] = next(c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == model)
+    statuses = []
+    try:
+        for st, _ident in assoc.send_c_get(identifier, model, msg_id=1):
+            statuses.append(int(st.Status))
+            state["last_status"] = st
+    finally:
+        assoc.release()
+    return statuses, received, state.get("last_status")
+
+
+@pytest.mark.parametrize(
+    ("model", "level"),
+    [
+        (STUDY_ROOT_GET, "STUDY"),
+        (STUDY_ROOT_GET, "SERIES"),
+        (STUDY_ROOT_GET, "IMAGE"),
+        (PATIENT_ROOT_GET, "PATIENT"),
+        (PATIENT_ROOT_GET, "STUDY"),
+    ],
+)
+async def test_pynetdicom_c_get_levels_byte_identical(
+    tmp_path: Path, model: str, level: str
+) -> None:
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    first = uids(files[0])
+    keys: dict[str, str] = {"PatientID": "PAT1"} if model == PATIENT_ROOT_GET else {}
+    expected = by_uid(files)
+    if level in ("STUDY", "SERIES", "IMAGE"):
+        keys["StudyInstanceUID"] = str(first.StudyInstanceUID)
+    if level in ("SERIES", "IMAGE"):
+        keys["SeriesInstanceUID"] = str(first.SeriesInstanceUID)
+        expected = {u: b for u, b in expected.items() if u in by_uid(files[:3])}
+    if level == "IMAGE":
+        wanted = [str(uids(p).SOPInstanceUID) for p in files[:2]]
+        keys["SOPInstanceUID"] = "\\".join(wanted)
+        expected = {u: expected[u] for u in wanted}
+    async with run_runtime() as (server, _runtime):
+        assert await asyncio.to_thread(_pynetdicom_store, server.port, files) == [0] * len(files)
+        statuses, received, final = await asyncio.to_thread(
+            _pynetdicom_get, server.port, model, _identifier(level, **keys)
+        )
+    assert statuses[-1] == status.SUCCESS
+    assert statuses[:-1] == [status.PENDING] * (len(expected) - 1)
+    assert received == expected  # byte for byte, the datasets as they were sent
+    assert final is not None and final.NumberOfCompletedSuboperations == len(expected)
+
+
+async def test_c_get_cancel_in_the_middle(tmp_path: Path) -> None:
+    files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=2, per_series=10)
+    async with run_runtime() as (server, _runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+        statuses, received, final = await asyncio.to_thread(
+            _pynetdicom_get, server.port, STUDY_ROOT_GET, identifier, cancel_after=3
+        )
+    assert statuses[-1] == status.CANCEL
+    assert 3 <= len(received) < len(files)
+    assert final is not None
+    assert final.NumberOfRemainingSuboperations == len(files) - len(received)
+    assert final.NumberOfCompletedSuboperations == len(received)
+
+
+async def test_c_get_without_a_storage_role_fails_every_sub_operation(tmp_path: Path) -> None:
+    """No SCP role negotiated for the storage class: nothing can be sent, A702 with the UIDs."""
+    from pynetdicom import AE
+
+    files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=1, per_series=2)
+    async with run_runtime() as (server, _runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+
+        def get() -> tuple[int, Dataset | None]:
+            ae = AE(ae_title="NOROLE")
+            ae.add_requested_context(STUDY_ROOT_GET)
+            assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMD")
+            try:
+                *_, (st, ident) = assoc.send_c_get(
+                    _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID)),
+                    STUDY_ROOT_GET,
+                )
+                return int(st.Status), ident
+            finally:
+                assoc.release()
+
+        code, ident = await asyncio.to_thread(get)
+    assert code == status.OUT_OF_RESOURCES_SUBOPS
+    assert ident is not None
+    assert sorted(ident.FailedSOPInstanceUIDList) == sorted(by_uid(files))
+
+
+async def test_dcmtk_getscu(tmp_path: Path) -> None:
+    getscu = require_tool("getscu")
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    async with run_runtime() as (server, _runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        study = str(uids(files[0]).StudyInstanceUID)
+        code, text = await run_tool(
+            getscu, "-S", "-aec", "DICOMD", "-k", "QueryRetrieveLevel=STUDY",
+            "-k", f"StudyInstanceUID={study}", "-od", str(out), "127.0.0.1", str(server.port),
+        )  # fmt: skip
+        assert code == 0, text
+    # getscu proposes one context per storage class (Explicit VR LE first): instances stored in
+    # that syntax come back byte for byte; the Implicit VR ones were converted, losslessly.
+    received = {str(uids(p).SOPInstanceUID): p for p in out.iterdir()}
+    assert set(received) == set(by_uid(files))
+    converted = 0
+    for original in files:
+        back = received[str(uids(original).SOPInstanceUID)]
+        same_syntax = (
+            uids(original).file_meta.TransferSyntaxUID == uids(back).file_meta.TransferSyntaxUID
+        )
+        if same_syntax:
+            assert dicomgen.dataset_bytes(back) == dicomgen.dataset_bytes(original)
+        else:
+            converted += 1
+            assert pydicom.dcmread(back) == pydicom.dcmread(original)
+    assert 0 < converted < len(files)
+
+
+def _with_remote(config: Config, ae_title: str, port: int) -> Config:
+    return replace(config, remote=(RemoteAE(ae_title, "127.0.0.1", port),))
+
+
+async def test_dcmtk_movescu_to_dcmtk_storescp(tmp_path: Path) -> None:
+    movescu, storescp = require_tool("movescu"), require_tool("storescp")
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dest_port = free_port()
+    config = _with_remote(make_config(), "MOVEDEST", dest_port)
+    async with (
+        background(
+            storescp,
+            "-aet",
+            "MOVEDEST",
+            "+xa",
+            "-od",
+            str(dest),
+            str(dest_port),
+            ready_port=dest_port,
+        ),
+        run_runtime(config) as (server, _runtime),
+    ):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        study = str(uids(files[0]).StudyInstanceUID)
+        series = str(uids(files[0]).SeriesInstanceUID)
+        for level, keys in (
+            ("STUDY", [f"StudyInstanceUID={study}"]),
+            ("SERIES", [f"StudyInstanceUID={study}", f"SeriesInstanceUID={series}"]),
+        ):
+            args = [k for key in keys for k in ("-k", key)]
+            code, text = await run_tool(
+                movescu, "-S", "-aec", "DICOMD", "-aem", "MOVEDEST",
+                "-k", f"QueryRetrieveLevel={level}", *args, "127.0.0.1", str(server.port),
+            )  # fmt: skip
+            assert code == 0, text
+    got = {str(uids(p).SOPInstanceUID): dicomgen.dataset_bytes(p) for p in dest.iterdir()}
+    assert got == by_uid(files)
+
+
+def _pynetdicom_move(port: int, destination: str, identifier: Dataset) -> list[tuple[int, Any]]:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="PYMOVE")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(STUDY_ROOT_MOVE)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMD")
+    assert assoc.is_established
+    try:
+        return [
+            (int(s.Status), s)
+            for s, _ in assoc.send_c_move(identifier, destination, STUDY_ROOT_MOVE)
+        ]
+    finally:
+        assoc.release()
+
+
+class _Destination:
+    """A pynetdicom storage SCP that records what it receives (and the move originator)."""
+
+    def __init__(self) -> None:
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import CTImageStorage, MRImageStorage
+
+        self.received: dict[str, bytes] = {}
+        self.originators: set[tuple[str, int]] = set()
+        self.lock = threading.Lock()
+        ae = AE(ae_title="PYDEST")
+        for sop in (CTImageStorage, MRImageStorage):
+            ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.port = free_port()
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+
+    def _on_store(self, event: Any) -> int:
+        rq = event.request
+        with self.lock:
+            self.received[str(rq.AffectedSOPInstanceUID)] = rq.DataSet.getvalue()
+            self.originators.add(
+                (str(rq.MoveOriginatorApplicationEntityTitle), int(rq.MoveOriginatorMessageID))
+            )
+        return 0x0000
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+async def test_pynetdicom_move_two_at_once_with_originator(tmp_path: Path) -> None:
+    study_a = await asyncio.to_thread(make_study, tmp_path / "a", seed=1)
+    study_b = await asyncio.to_thread(make_study, tmp_path / "b", seed=2)
+    dest = await asyncio.to_thread(_Destination)
+    try:
+        config = _with_remote(make_config(), "PYDEST", dest.port)
+        async with run_runtime(config) as (server, _runtime):
+            await asyncio.to_thread(_pynetdicom_store, server.port, study_a + study_b)
+            results = await asyncio.gather(
+                *(
+                    asyncio.to_thread(
+                        _pynetdicom_move,
+                        server.port,
+                        "PYDEST",
+                        _identifier("STUDY", StudyInstanceUID=str(uids(s[0]).StudyInstanceUID)),
+                    )
+                    for s in (study_a, study_b)
+                )
+            )
+        for result in results:
+            assert result[-1][0] == status.SUCCESS
+            assert [code for code, _ in result[:-1]] == [status.PENDING] * (len(study_a) - 1)
+            assert result[-1][1].NumberOfCompletedSuboperations == len(study_a)
+        assert dest.received == by_uid(study_a + study_b)
+        assert {ae for ae, _mid in dest.originators} == {"PYMOVE"}
+    finally:
+        await asyncio.to_thread(dest.close)
+
+
+async def test_move_unknown_destination_and_destination_down(tmp_path: Path) -> None:
+    files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=1, per_series=2)
+    config = _with_remote(make_config(dimse_timeout=5.0), "NOBODY", free_port())
+    async with run_runtime(config) as (server, _runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+        unknown = await asyncio.to_thread(_pynetdicom_move, server.port, "STRANGER", identifier)
+        assert [code for code, _ in unknown] == [status.MOVE_DESTINATION_UNKNOWN]
+        down = await asyncio.to_thread(_pynetdicom_move, server.port, "NOBODY", identifier)
+    code, final = down[-1]
+    assert code == status.OUT_OF_RESOURCES_SUBOPS
+    assert final.NumberOfFailedSuboperations == len(files)
+    assert final.NumberOfCompletedSuboperations == 0
+
+
+async def test_retrieve_level_and_key_errors(tmp_path: Path) -> None:
+    async with run_runtime() as (server, _runtime):
+        for identifier in (_identifier("PATIENT", PatientID="X"), _identifier("STUDY")):
+            statuses, received, _final = await asyncio.to_thread(
+                _pynetdicom_get, server.port, STUDY_ROOT_GET, identifier
+            )
+            assert statuses == [status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS]
+            assert received == {}
