@@ -8,25 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 
 import structlog
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomd import __version__
-from dicomd.config import Config
-from dicomd.dimse.messages import CEchoRQ, CStoreRQ, Message
+from dicomd import __version__, metrics
+from dicomd.config import Config, ConfigError, RemoteAE
+from dicomd.dimse.messages import CEchoRQ, CFindRQ, CGetRQ, CMoveRQ, CStoreRQ, Message
+from dicomd.metrics import MetricsServer
 from dicomd.net.association import ServerState
+from dicomd.net.requestor import RequestorAssociation
 from dicomd.net.server import DicomServer
-from dicomd.services.base import Handler, SinkFactory
+from dicomd.services.base import Handler, Outbound, SinkFactory
 from dicomd.services.echo import VERIFICATION_SOP_CLASS, handle_echo
+from dicomd.services.find import FindService
+from dicomd.services.find import extended_negotiation as find_extended_negotiation
+from dicomd.services.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveService
 from dicomd.services.sop_classes import DEFAULT_STORAGE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from dicomd.services.store import StoreService
 from dicomd.storage.files import FileStore
 from dicomd.storage.index import Index
 from dicomd.storage.reconcile import reconcile
-from dicomd.ul.negotiation import AcceptorPolicy
+from dicomd.systemd import Notifier, cancel_watchdog
+from dicomd.systemd import watchdog as systemd_watchdog
+from dicomd.tls import client_context, server_context
+from dicomd.ul.negotiation import AcceptorPolicy, ProposedContext
 
 log = structlog.get_logger("dicomd.app")
 
@@ -36,6 +45,7 @@ IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.76545713116216655370592048
 IMPLEMENTATION_VERSION_NAME = "DICOMD_" + __version__.replace(".", "")[:9]
 
 UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian))
+DEFLATED_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1.99"
 
 
 # Written at a clean shutdown, removed at start-up: its absence means the last run ended in a crash and
@@ -52,6 +62,33 @@ class Runtime:
     index: Index
     store: StoreService
     state: ServerState
+    retrieve: RetrieveService | None = None
+
+    def reload(self, load: Callable[[], Config]) -> None:
+        """SIGHUP: apply the remote AE table and the access lists of a freshly read configuration,
+        without touching running associations. An invalid file keeps the old configuration."""
+        try:
+            new = load()
+        except ConfigError as e:
+            log.error("config_reload_failed", error=str(e), kept="previous configuration")
+            return
+        old = self.config
+        self.state.security = new.security
+        self.state.remotes = {r.ae_title: r for r in new.remote}
+        self.state.policy = replace(
+            self.state.policy, allowed_calling_aets=frozenset(new.security.allowed_calling_aets)
+        )
+        if self.retrieve is not None:
+            self.retrieve.set_remotes(self.state.remotes)
+        applied = replace(old, remote=new.remote, security=new.security)
+        self.config = applied
+        ignored = [f.name for f in fields(new) if getattr(new, f.name) != getattr(applied, f.name)]
+        log.info(
+            "config_reloaded",
+            remotes=len(new.remote),
+            allowed_calling_aets=len(new.security.allowed_calling_aets),
+            restart_needed_for=ignored or None,
+        )
 
     async def close(self) -> None:
         await self.store.drain()
@@ -86,10 +123,47 @@ async def open_runtime(config: Config) -> Runtime:
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
     )
-    return Runtime(config, files, index, store, build_state(config, store))
+    find = FindService(
+        index,
+        ae_title=config.server.ae_title,
+        pn_case_insensitive=config.query.pn_case_insensitive,
+        max_matches=config.query.max_matches,
+    )
+    retrieve = RetrieveService(
+        files,
+        index,
+        ae_title=config.server.ae_title,
+        remote_ae={r.ae_title: r for r in config.remote},
+        open_outbound=partial(open_outbound, config),
+    )
+    state = build_state(config, store, find, retrieve)
+    return Runtime(config, files, index, store, state, retrieve)
 
 
-def build_state(config: Config, store: StoreService | None = None) -> ServerState:
+async def open_outbound(
+    config: Config, remote: RemoteAE, contexts: Sequence[ProposedContext]
+) -> Outbound:
+    """An association from us to a configured remote AE (C-MOVE's destination)."""
+    return await RequestorAssociation.open(
+        remote.host,
+        remote.port,
+        calling_ae_title=config.server.ae_title,
+        called_ae_title=remote.ae_title,
+        contexts=contexts,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        max_pdu_length=config.server.max_pdu_length,
+        timeout=config.server.dimse_timeout,
+        ssl_context=client_context(config.tls) if remote.tls else None,
+    )
+
+
+def build_state(
+    config: Config,
+    store: StoreService | None = None,
+    find: FindService | None = None,
+    retrieve: RetrieveService | None = None,
+) -> ServerState:
     """The acceptor policy and services; without a store, a Verification-only server."""
     s = config.server
     handlers: dict[tuple[str, type[Message]], Handler] = {
@@ -103,6 +177,25 @@ def build_state(config: Config, store: StoreService | None = None) -> ServerStat
             abstract_syntaxes[sop_class] = storage_ts
             handlers[(sop_class, CStoreRQ)] = store.handle
             sinks[(sop_class, CStoreRQ)] = store.open_sink
+    extended: dict[str, Callable[[bytes], bytes | None]] = {}
+    if find is not None:
+        # Identifiers are small: the uncompressed syntaxes, and Deflated for those who ask.
+        find_ts = (*UNCOMPRESSED, DEFLATED_EXPLICIT_LITTLE)
+        for sop_class in find.sop_classes:
+            abstract_syntaxes[sop_class] = find_ts
+            handlers[(sop_class, CFindRQ)] = find.handle
+            extended[sop_class] = find_extended_negotiation
+    requestor_scp: frozenset[str] = frozenset()
+    if retrieve is not None:
+        for sop_class in GET_SOP_CLASSES:
+            abstract_syntaxes[sop_class] = UNCOMPRESSED
+            handlers[(sop_class, CGetRQ)] = retrieve.handle_get
+        for sop_class in MOVE_SOP_CLASSES:
+            abstract_syntaxes[sop_class] = UNCOMPRESSED
+            handlers[(sop_class, CMoveRQ)] = retrieve.handle_move
+        # C-GET sends its C-STOREs back on the requestor's association: it may take the SCP role
+        # for any storage class (PS3.4 C.4.3.3, role selection PS3.7 D.3.3.4).
+        requestor_scp = frozenset(STORAGE_SOP_CLASSES)
     policy = AcceptorPolicy(
         ae_title=s.ae_title,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
@@ -111,11 +204,15 @@ def build_state(config: Config, store: StoreService | None = None) -> ServerStat
         max_pdu_length=s.max_pdu_length,
         reject_wrong_called_ae=s.called_ae_check == "reject",
         allowed_calling_aets=frozenset(config.security.allowed_calling_aets),
+        requestor_scp_allowed=requestor_scp,
+        extended_negotiation=extended,
     )
     return ServerState(
         policy=policy,
         handlers=handlers,
         sinks=sinks,
+        security=config.security,
+        remotes={r.ae_title: r for r in config.remote},
         max_associations=s.max_associations,
         artim_timeout=s.artim_timeout,
         idle_timeout=s.idle_timeout,
@@ -129,31 +226,68 @@ async def serve(
     *,
     stop: asyncio.Event,
     on_ready: Callable[[DicomServer], None] | None = None,
+    reload: Callable[[], Config] | None = None,
 ) -> None:
-    """Run until `stop` is set, then shut down within the configured deadline."""
+    """Run until `stop` is set, then shut down within the configured deadline. With `reload`,
+    SIGHUP re-reads the configuration through it (remote AEs and access lists)."""
     runtime = await open_runtime(config)
-    server = DicomServer(runtime.state, config.server.host, config.server.port)
+    notifier = Notifier.from_environment()
+    loop = asyncio.get_running_loop()
+    if reload is not None:
+
+        def on_hup() -> None:
+            notifier.reloading()
+            try:
+                runtime.reload(reload)
+            finally:
+                notifier.ready()  # RELOADING=1 is always followed by READY=1 (sd_notify(3))
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    servers: list[DicomServer] = []
+    if config.tls.plain_listener:
+        servers.append(DicomServer(runtime.state, config.server.host, config.server.port))
+    if config.tls.enabled:
+        tls_context = await asyncio.to_thread(server_context, config.tls)
+        servers.append(DicomServer(runtime.state, config.server.host, config.tls.port, tls_context))
     try:
-        await server.start()
+        for server in servers:
+            await server.start()
     except BaseException:
+        for server in servers:
+            await server.shutdown(0)
         await runtime.close()
         raise
-    log.info(
-        "dicomd_ready",
-        ae_title=config.server.ae_title,
-        port=server.port,
-        version=__version__,
-    )
+    metrics_server = None
+    if config.metrics.enabled:
+        metrics.STORE_FREE_BYTES.set_function(runtime.files.free_bytes)
+        metrics_server = MetricsServer(
+            config.metrics.host,
+            config.metrics.port,
+            healthy=lambda: not runtime.state.draining,
+        )
+        metrics_server.start()
+        log.info("metrics_listening", host=config.metrics.host, port=metrics_server.port)
+    ports = [s.port for s in servers]
+    log.info("dicomd_ready", ae_title=config.server.ae_title, ports=ports, version=__version__)
     if on_ready is not None:
-        on_ready(server)
+        on_ready(servers[0])
+    # READY only now that associations are accepted; the watchdog is fed from this loop, so a
+    # stalled loop stops feeding it and systemd restarts us (WatchdogSec in the unit).
+    notifier.ready(f"serving {config.server.ae_title} on {ports}")
+    watchdog_task = systemd_watchdog(loop, notifier)
     try:
         await stop.wait()
     finally:
-        await server.shutdown(config.server.shutdown_timeout)
+        notifier.stopping()
+        await cancel_watchdog(watchdog_task)
+        # Both listeners share the associations' state: drain them together, one deadline.
+        await asyncio.gather(*(s.shutdown(config.server.shutdown_timeout) for s in servers))
         await runtime.close()
+        if metrics_server is not None:
+            metrics_server.stop()
 
 
-def run(config: Config) -> int:
+def run(config: Config, reload: Callable[[], Config] | None = None) -> int:
     """Run the server in a fresh event loop until SIGTERM/SIGINT; returns the exit status."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if config.server.uvloop:
@@ -161,10 +295,10 @@ def run(config: Config) -> int:
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_main(config))
+        return runner.run(_main(config, reload))
 
 
-async def _main(config: Config) -> int:
+async def _main(config: Config, reload: Callable[[], Config] | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main_task = asyncio.current_task()
@@ -183,7 +317,7 @@ async def _main(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await serve(config, stop=stop)
+        await serve(config, stop=stop, reload=reload)
     except asyncio.CancelledError:
         return 1
     except OSError as e:

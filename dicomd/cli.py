@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def _serve(path: Path | None) -> int:
     log.configure(cfg.log.level, cfg.log.format)
     from dicomd.app import run
 
-    return run(cfg)
+    return run(cfg, reload=partial(config.load, path))
 
 
 def _echo(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ documents every one and a test checks that it loads and mentions each field defi
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -71,10 +72,40 @@ class IndexConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryConfig:
+    # C-FIND: match person names (PN) without regard to case: "doe^j*" finds "DOE^JOHN" and
+    # "MÜLLER" finds "Müller" (PS3.4 C.2.2.2.1 leaves this to the SCP). false: exact case.
+    pn_case_insensitive: bool = True
+    # C-FIND: the most matches one query returns. The first max_matches are sent, then the query
+    # ends with status A700 (Refused: out of resources) and a comment asking to refine it.
+    # 0: no limit.
+    max_matches: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteAE:
     ae_title: str
     host: str
     port: int
+    # Open associations to this AE over TLS ([tls] certificate/key as ours, ca_certificates to
+    # verify theirs).
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    # A DICOM TLS listener (PS3.15 B.1 Secure Transport Connection Profile, BCP195 settings: TLS 1.2
+    # or newer, forward-secret AEAD cipher suites) on its own port, beside the plain one.
+    enabled: bool = False
+    port: int = 2762
+    # Keep the plain (non-TLS) listener too; false serves TLS only.
+    plain_listener: bool = True
+    certificate: str = ""  # PEM file: our certificate (chain)
+    private_key: str = ""  # PEM file: its private key
+    # PEM file of CA certificates: verifies client certificates, and the servers we connect to.
+    ca_certificates: str = ""
+    # Require and verify a client certificate signed by ca_certificates.
+    verify_clients: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +113,25 @@ class SecurityConfig:
     # Empty: any calling AE title may associate. Otherwise only these (exact, case-sensitive match,
     # as AE titles are compared in PS3.8 after trimming the space padding).
     allowed_calling_aets: tuple[str, ...] = ()
+    # A calling AE title that is also a [[remote]] entry must connect from that entry's host
+    # (compared with the addresses the host name resolves to); otherwise the association is
+    # rejected as "calling AE title not recognized".
+    check_remote_address: bool = False
+    # Per calling AE title, the operations it may use (any of "store", "find", "get", "move");
+    # an AE title not listed may use all of them. C-ECHO is always allowed. A refused request is
+    # answered with status 0124 (Refused: not authorized).
+    operations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+OPERATIONS = ("store", "find", "get", "move")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # An HTTP endpoint with Prometheus metrics (/metrics) and a health check (/healthz).
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9110
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +146,11 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
     remote: tuple[RemoteAE, ...] = ()
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def remote_ae(self, ae_title: str) -> RemoteAE | None:
@@ -116,18 +169,44 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
-def load(path: Path | str | None = None) -> Config:
-    """The effective configuration: embedded defaults, overlaid by the TOML file when given."""
-    if path is None:
-        return Config()
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from e
+ENV_PREFIX = "DICOMD_"
+
+
+def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """The effective configuration: embedded defaults, overlaid by the TOML file when given, then
+    by environment variables `DICOMD_<SECTION>__<KEY>` (containers configure this way)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from e
+    _apply_env(data, os.environ if env is None else env)
     return from_mapping(data)
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """DICOMD_SERVER__AE_TITLE=PACS sets [server] ae_title. The value is read as a TOML value when
+    it is one (numbers, true/false, ["arrays"]), else as a string. [[remote]] is file-only."""
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section == "remote" or not key:
+            raise ConfigError(
+                f"{name}: only DICOMD_<SECTION>__<KEY> of a table section is supported"
+            )
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name}: [{section}] is not a table")
+        table[key] = value
 
 
 def from_mapping(data: Mapping[str, Any]) -> Config:
@@ -140,8 +219,11 @@ def from_mapping(data: Mapping[str, Any]) -> Config:
         server=_section(ServerConfig, "server", data.get("server", {})),
         storage=_section(StorageConfig, "storage", data.get("storage", {})),
         index=_section(IndexConfig, "index", data.get("index", {})),
+        query=_section(QueryConfig, "query", data.get("query", {})),
         remote=tuple(_section(RemoteAE, f"remote[{i}]", r) for i, r in enumerate(remote)),
         security=_section(SecurityConfig, "security", data.get("security", {})),
+        tls=_section(TLSConfig, "tls", data.get("tls", {})),
+        metrics=_section(MetricsConfig, "metrics", data.get("metrics", {})),
         log=_section(LogConfig, "log", data.get("log", {})),
     )
     _validate(config)
@@ -163,12 +245,29 @@ def _section(cls: type[_T], name: str, data: object) -> _T:
     section = name.split("[")[0]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        if (section, key) == ("security", "operations"):
+            kwargs[key] = _operations(value)
+            continue
         default = flds[key].default
         kwargs[key] = _coerce(f"{name}.{key}", value, default, _CHOICES.get((section, key)))
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required key (of [[remote]]) is missing
         raise ConfigError(f"{name}: {e}") from e
+
+
+def _operations(value: object) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("security.operations: expected a table of AE title = [operations]")
+    out: dict[str, tuple[str, ...]] = {}
+    for aet, ops in value.items():
+        _check_ae_title(f"security.operations.{aet}", aet)
+        if not isinstance(ops, list) or any(op not in OPERATIONS for op in ops):
+            raise ConfigError(
+                f"security.operations.{aet}: expected an array of {', '.join(OPERATIONS)}"
+            )
+        out[aet] = tuple(ops)
+    return out
 
 
 def _coerce(key: str, value: object, default: object, choices: tuple[str, ...] | None) -> object:
@@ -230,6 +329,18 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"storage.transfer_syntaxes: {uid!r} is not a transfer syntax UID")
     if config.index.busy_timeout <= 0:
         raise ConfigError("index.busy_timeout: must be positive")
+    t = config.tls
+    if t.enabled or any(r.tls for r in config.remote):
+        if not (t.certificate and t.private_key):
+            raise ConfigError("tls: certificate and private_key are required when TLS is used")
+        if t.verify_clients and not t.ca_certificates:
+            raise ConfigError("tls.verify_clients: needs tls.ca_certificates")
+    if t.enabled:
+        _check_port("tls.port", t.port, allow_zero=True)
+    if not t.plain_listener and not t.enabled:
+        raise ConfigError("tls.plain_listener = false needs tls.enabled = true")
+    if config.query.max_matches < 0:
+        raise ConfigError("query.max_matches: must be 0 (no limit) or positive")
 
 
 def _is_transfer_syntax(uid: str) -> bool:

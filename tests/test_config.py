@@ -24,7 +24,8 @@ def test_example_documents_every_key() -> None:
         assert re.search(rf"^#? ?\[\[?{section.name}\]?\]", text, re.M), section.name
         cls = {"remote": config.RemoteAE}.get(section.name) or type(getattr(Config(), section.name))
         for f in fields(cls):
-            assert re.search(rf"^#? ?{f.name} = ", text, re.M), f"{section.name}.{f.name}"
+            documented = rf"^#? ?({f.name} = |\[{section.name}\.{f.name}\])"
+            assert re.search(documented, text, re.M), f"{section.name}.{f.name}"
 
 
 def test_remote_table() -> None:
@@ -58,6 +59,24 @@ def test_remote_table() -> None:
             "listed twice",
         ),
         ({"log": {"level": "loud"}}, "log.level"),
+        ({"tls": {"enabled": True}}, "certificate and private_key are required"),
+        (
+            {
+                "tls": {
+                    "enabled": True,
+                    "certificate": "c",
+                    "private_key": "k",
+                    "verify_clients": True,
+                }
+            },
+            "needs tls.ca_certificates",
+        ),
+        ({"tls": {"plain_listener": False}}, "needs tls.enabled"),
+        (
+            {"remote": [{"ae_title": "V", "host": "h", "port": 1, "tls": True}]},
+            "certificate and private_key are required",
+        ),
+        ({"security": {"operations": {"CT": ["delete"]}}}, "security.operations.CT"),
     ],
 )
 def test_invalid_configs_name_the_key(data: dict[str, object], message: str) -> None:
@@ -73,3 +92,44 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("[server\n")
     with pytest.raises(ConfigError, match=r"bad\.toml"):
         config.load(bad)
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "dicomd.toml"
+    path.write_text('[server]\nae_title = "FILE"\nport = 104\n')
+    env = {
+        "DICOMD_SERVER__AE_TITLE": "FROM_ENV",
+        "DICOMD_SERVER__MAX_ASSOCIATIONS": "8",
+        "DICOMD_SECURITY__ALLOWED_CALLING_AETS": '["CT1", "MR1"]',
+        "DICOMD_STORAGE__ROOT": "/var/lib/dicomd/store",
+        "PATH": "/usr/bin",  # not ours
+    }
+    cfg = config.load(path, env=env)
+    assert cfg.server.ae_title == "FROM_ENV"
+    assert cfg.server.port == 104  # from the file
+    assert cfg.server.max_associations == 8
+    assert cfg.security.allowed_calling_aets == ("CT1", "MR1")
+    assert str(cfg.storage.root) == "/var/lib/dicomd/store"
+    assert config.load(None, env={"DICOMD_SERVER__PORT": "4242"}).server.port == 4242
+    with pytest.raises(ConfigError, match=r"unknown key server\.ae_titel"):
+        config.load(None, env={"DICOMD_SERVER__AE_TITEL": "X"})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        config.load(None, env={"DICOMD_SERVER__PORT": "eleven"})
+
+
+def test_query_section() -> None:
+    cfg = from_mapping({"query": {"pn_case_insensitive": False, "max_matches": 0}})
+    assert (cfg.query.pn_case_insensitive, cfg.query.max_matches) == (False, 0)
+    defaults = Config().query
+    assert (defaults.pn_case_insensitive, defaults.max_matches) == (True, 10000)
+    for data, message in (
+        ({"query": {"max_matches": -1}}, "query.max_matches"),
+        ({"query": {"max_matches": "10"}}, "query.max_matches: expected an integer"),
+        (
+            {"query": {"pn_case_insensitive": "yes"}},
+            "query.pn_case_insensitive: expected true or false",
+        ),
+        ({"query": {"case": True}}, "unknown key query.case"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            from_mapping(data)

@@ -21,13 +21,31 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from dicomd import metrics
+from dicomd.config import RemoteAE, SecurityConfig
 from dicomd.dimse import status
 from dicomd.dimse.fragments import CommandReceived, DatasetFragment, MessageAssembler
-from dicomd.dimse.messages import CCancelRQ, Message, has_dataset, is_response
+from dicomd.dimse.messages import (
+    CCancelRQ,
+    CFindRQ,
+    CGetRQ,
+    CMoveRQ,
+    CStoreRQ,
+    Message,
+    has_dataset,
+    is_response,
+)
 from dicomd.dimse.responses import failure_response
 from dicomd.net.channel import Channel, IdleTimeout, WriteTimeout, set_nodelay
 from dicomd.services.base import DatasetSink, DatasetSource, Handler, Request, SinkFactory
-from dicomd.ul.codes import AbortReason, LocalProtocolError, RemoteProtocolError
+from dicomd.ul.codes import (
+    AbortReason,
+    LocalProtocolError,
+    RejectResult,
+    RejectSource,
+    RemoteProtocolError,
+    UserRejectReason,
+)
 from dicomd.ul.connection import (
     Aborted,
     AssociationRejected,
@@ -67,6 +85,9 @@ class ServerState:
     max_pdu_length: int
     established: set[AcceptorAssociation] = field(default_factory=set)
     draining: bool = False
+    # Reloadable on SIGHUP: access control and the remote AE table.
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    remotes: Mapping[str, RemoteAE] = field(default_factory=dict)
     on_closed: Callable[[AcceptorAssociation], None] | None = None
 
 
@@ -163,7 +184,9 @@ class AcceptorAssociation:
         finally:
             await self._stop_worker()
             await self._discard_incoming()
-            self._server.established.discard(self)
+            if self in self._server.established:
+                self._server.established.discard(self)
+                metrics.ASSOCIATIONS_ACTIVE.dec()
             await channel.close()
             if self._server.on_closed is not None:
                 self._server.on_closed(self)
@@ -177,11 +200,16 @@ class AcceptorAssociation:
             elif isinstance(event, AssociationRequested):
                 await self._on_request(channel, event.request)
             elif isinstance(event, ReleaseRequested):
-                await self._wait_idle()
+                if not await self._wait_idle():
+                    # The peer asked to release in the middle of an operation that outlived the
+                    # DIMSE timeout: the operation ends here, unanswered, before A-RELEASE-RP
+                    # (after which nothing more may be sent, PS3.8 Sta13).
+                    await self._stop_worker()
                 channel.connection.release_response()
                 log.info("association_released")
             elif isinstance(event, AssociationRejected):
                 log.warning("association_rejected", **_rj_fields(event.rejection), by="provider")
+                metrics.ASSOCIATIONS.labels("rejected").inc()
             elif isinstance(event, Aborted):
                 await self._stop_worker()
                 log.warning(
@@ -196,6 +224,23 @@ class AcceptorAssociation:
             elif isinstance(event, ConnectionClosed):
                 return
 
+    async def _address_allowed(self, rq: AssociateRQ) -> bool:
+        """[security] check_remote_address: a calling AE we know must come from its host."""
+        remote = self._server.remotes.get(rq.calling_ae_title)
+        if not self._server.security.check_remote_address or remote is None:
+            return True
+        peer = self._writer.get_extra_info("peername")
+        peer_ip = peer[0] if isinstance(peer, tuple) else None
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(remote.host, None)
+        except OSError:
+            infos = []
+        allowed = {info[4][0] for info in infos}
+        if peer_ip in allowed:
+            return True
+        log.warning("association_address_mismatch", expected=remote.host, peer_ip=peer_ip)
+        return False
+
     def _screen(self, rq: AssociateRQ) -> AssociateRJ | None:
         others = len(self._server.established)
         return screen(
@@ -207,13 +252,24 @@ class AcceptorAssociation:
             calling_ae=rq.calling_ae_title, called_ae=rq.called_ae_title
         )
         result = negotiate(rq, self._server.policy)
+        if not isinstance(result, AssociateRJ) and not await self._address_allowed(rq):
+            result = AssociateRJ(
+                RejectResult.REJECTED_PERMANENT,
+                RejectSource.SERVICE_USER,
+                UserRejectReason.CALLING_AE_TITLE_NOT_RECOGNIZED,
+            )
         if isinstance(result, AssociateRJ):
             channel.connection.reject(result)
             log.warning("association_rejected", **_rj_fields(result), by="user")
+            metrics.ASSOCIATIONS.labels("rejected").inc()
+            if int(result.reason) in (3, 7) and result.source == RejectSource.SERVICE_USER:
+                metrics.ACCESS_REFUSED.labels("association").inc()
             return
         self._request = rq
         self._negotiated = result
         self._server.established.add(self)
+        metrics.ASSOCIATIONS.labels("accepted").inc()
+        metrics.ASSOCIATIONS_ACTIVE.inc()
         channel.connection.accept(result.response)
         channel.connection.established(result.peer_max_pdu_length)
         accepted = [c.abstract_syntax for c in result.contexts.values()]
@@ -352,6 +408,13 @@ class AcceptorAssociation:
         kind = type(command).__name__
         handler = self._server.handlers.get((request.context.abstract_syntax, type(command)))
         started = time.perf_counter()
+        operation = _OPERATIONS.get(type(command))
+        allowed = self._server.security.operations.get(request.calling_ae_title)
+        if operation is not None and allowed is not None and operation not in allowed:
+            log.warning("dimse_not_authorized", command=kind, operation=operation)
+            metrics.ACCESS_REFUSED.labels("operation").inc()
+            await _refuse(channel, request, op, status.REFUSED_NOT_AUTHORIZED)
+            return
         if handler is None:
             log.warning(
                 "dimse_unsupported", command=kind, sop_class=request.context.abstract_syntax
@@ -367,6 +430,8 @@ class AcceptorAssociation:
             log.exception("dimse_handler_failed", command=kind)
             await _refuse(channel, request, op, status.PROCESSING_FAILURE)
             return
+        elapsed = time.perf_counter() - started
+        metrics.observe_operation(kind, responder.last_status, elapsed)
         # Services log their own outcome (c_store_done, ...); this line is for debugging.
         log.debug(
             "dimse_done",
@@ -382,13 +447,16 @@ class AcceptorAssociation:
             await incoming[1].discard()
             log.warning("dataset_discarded", reason="association ended mid-dataset")
 
-    async def _wait_idle(self) -> None:
+    async def _wait_idle(self) -> bool:
+        """Wait (DIMSE timeout) for the running and queued operations; False if they did not end."""
         if self._worker is not None and not self._worker.done():
             try:
                 async with asyncio.timeout(self._server.dimse_timeout):
                     await self._queue.join()
             except TimeoutError:
                 log.warning("release_while_busy")
+                return False
+        return True
 
     async def _stop_worker(self) -> None:
         worker, self._worker = self._worker, None
@@ -431,6 +499,9 @@ async def _refuse(
     response = failure_response(request.command, code)
     if response is not None:
         await channel.send_message(op.context_id, response)
+
+
+_OPERATIONS: dict[type, str] = {CStoreRQ: "store", CFindRQ: "find", CGetRQ: "get", CMoveRQ: "move"}
 
 
 def _rj_fields(rj: AssociateRJ) -> dict[str, object]:

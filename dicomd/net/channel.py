@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 from collections.abc import Iterable
 
@@ -106,17 +107,23 @@ class Channel:
         """Send one DIMSE message: its command, then its dataset, each in as many PDUs as needed."""
         max_pdu = self.connection.peer_max_pdu_length
         async with self._send_lock:
-            await self._send_fragments(
-                fragment(
-                    context_id, encode_command(message), is_command=True, max_pdu_length=max_pdu
-                )
+            # The command and an in-memory dataset go out in one write (a C-FIND response is two
+            # small PDUs: one drain, not two); a stored file streams with a flush per chunk.
+            command = fragment(
+                context_id, encode_command(message), is_command=True, max_pdu_length=max_pdu
             )
             if isinstance(dataset, FileSlice):
+                await self._send_fragments(command)
                 await self._send_file(context_id, dataset, max_pdu)
             elif dataset is not None:
                 await self._send_fragments(
-                    fragment(context_id, dataset, is_command=False, max_pdu_length=max_pdu)
+                    itertools.chain(
+                        command,
+                        fragment(context_id, dataset, is_command=False, max_pdu_length=max_pdu),
+                    )
                 )
+            else:
+                await self._send_fragments(command)
 
     async def _send_file(self, context_id: int, source: FileSlice, max_pdu: int) -> None:
         """Stream a stored file's dataset: the next chunk is read (in a thread) while this one is

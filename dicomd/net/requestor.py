@@ -8,6 +8,7 @@ may use, sending DIMSE requests and reading their responses, release and abort. 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -80,6 +81,7 @@ class RequestorAssociation:
         implementation_version_name: str,
         max_pdu_length: int = 262_144,
         timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> RequestorAssociation:
         loop = asyncio.get_running_loop()
         conn = Connection(
@@ -107,7 +109,9 @@ class RequestorAssociation:
         )
         conn.request(rq)
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
+            )
         set_nodelay(writer)
         channel = Channel(conn, reader, writer, idle_timeout=timeout, write_timeout=timeout)
         conn.connection_made()

@@ -7,6 +7,7 @@ let running operations finish until the deadline, then abort what is left.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import structlog
 
@@ -16,10 +17,13 @@ log = structlog.get_logger("dicomd.server")
 
 
 class DicomServer:
-    def __init__(self, state: ServerState, host: str, port: int) -> None:
+    def __init__(
+        self, state: ServerState, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.state = state
         self._host = host
         self._port = port
+        self._ssl = ssl_context
         self._server: asyncio.Server | None = None
         self._tasks: dict[asyncio.Task[None], AcceptorAssociation] = {}
         self._bound_port = port
@@ -35,10 +39,17 @@ class DicomServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._on_connect, self._host, self._port, reuse_address=True, backlog=512
+            self._on_connect,
+            self._host,
+            self._port,
+            reuse_address=True,
+            backlog=512,
+            ssl=self._ssl,
+            # A peer that stalls the handshake is cut off like one that stalls its A-ASSOCIATE-RQ.
+            ssl_handshake_timeout=self.state.artim_timeout if self._ssl else None,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
-        log.info("server_listening", host=self._host, port=self.port)
+        log.info("server_listening", host=self._host, port=self.port, tls=self._ssl is not None)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         association = AcceptorAssociation(reader, writer, self.state)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import structlog
 
+from dicomd import metrics
 from dicomd.dimse import status
 from dicomd.dimse.messages import CStoreRQ, CStoreRSP, Message
 from dicomd.services.base import Request, Responder
@@ -163,6 +164,9 @@ class StoreService:
                 )
             outcome = await self._finish(request, sink, command)
             code, comment = status.SUCCESS, None
+            if outcome != "kept-existing":
+                metrics.STORED_INSTANCES.inc()
+                metrics.STORED_BYTES.inc(sink.received)
         except _Refused as e:
             await sink.discard()
             code, comment, outcome = e.code, e.comment, "refused"

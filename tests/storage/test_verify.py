@@ -20,7 +20,7 @@ async def _cli(*args: str) -> tuple[int, dict[str, object]]:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(60):
-        out, err = await proc.communicate()
+        out, _err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, json.loads(out)
 
