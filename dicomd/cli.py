@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="re-read every stored file, not only the suspect ones",
     )
+    p_reindex.add_argument(
+        "--force",
+        action="store_true",
+        help="drop index rows even when every indexed file is missing (not an unmounted volume)",
+    )
 
     p_verify = sub.add_parser(
         "verify", help="check every stored file against the hash in the index; exit 1 on problems"
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "echo":
         return _echo(args)
     if args.command == "reindex":
-        return _reindex(args.config, rebuild=args.rebuild)
+        return _reindex(args.config, rebuild=args.rebuild, force=args.force)
     if args.command == "verify":
         return _verify(args.config)
     if args.command == "stats":
@@ -131,11 +136,14 @@ def _on_store(path: Path | None, job: Callable[[Any, Any], Awaitable[tuple[int, 
     return code
 
 
-def _reindex(path: Path | None, *, rebuild: bool) -> int:
-    from dicomd.storage.reconcile import reconcile
+def _reindex(path: Path | None, *, rebuild: bool, force: bool) -> int:
+    from dicomd.storage.reconcile import StoreLooksMissing, reconcile
 
     async def job(files: Any, index: Any) -> tuple[int, Any]:
-        report = await reconcile(files, index, rebuild=rebuild)
+        try:
+            report = await reconcile(files, index, rebuild=rebuild, drop_missing=True, force=force)
+        except StoreLooksMissing as e:
+            return 1, {"error": str(e)}
         counts = await index.counts()
         return 0, {**asdict(report), **{f"index_{k}": v for k, v in counts.items()}}
 

@@ -39,6 +39,7 @@ class ReconcileReport:
     reread: int = 0
     unreadable: int = 0
     missing_files: int = 0
+    dropped: int = 0
 
 
 class UnreadableFile(Exception):
@@ -87,11 +88,25 @@ def read_stored(path: Path, relpath: str) -> InstanceRecord:
         raise UnreadableFile(f"{relpath}: {e}") from e
 
 
-async def reconcile(files: FileStore, index: Index, *, rebuild: bool = False) -> ReconcileReport:
+class StoreLooksMissing(Exception):
+    """Every indexed file is missing: more likely an unmounted volume than deleted files."""
+
+
+async def reconcile(
+    files: FileStore,
+    index: Index,
+    *,
+    rebuild: bool = False,
+    drop_missing: bool = False,
+    force: bool = False,
+) -> ReconcileReport:
     """Adopt files the index does not know; with `rebuild`, re-read every file into the index.
 
-    Rows whose file is missing are removed. Rows whose file size differs from the index (a
-    `replace` interrupted between rename and commit) are re-read from the file.
+    Rows whose file size differs from the index (a `replace` interrupted between rename and commit)
+    are re-read from the file. Rows whose file is missing are counted and logged, and removed only
+    with `drop_missing` (an administrator's `dicomd reindex`, never start-up: a store volume that
+    failed to mount must not empty the index). Even then, when every indexed file is missing the
+    rows are kept unless `force`.
     """
     report = ReconcileReport()
     report.removed_spools = await asyncio.to_thread(files.clean_tmp)
@@ -127,8 +142,16 @@ async def reconcile(files: FileStore, index: Index, *, rebuild: bool = False) ->
             log.info("reconcile_adopted", relpath=relpath, sop_instance_uid=record.sop_instance_uid)
         else:
             report.reread += 1
+    report.missing_files = len(known)
     for relpath, (uid, _size) in known.items():
-        report.missing_files += 1
         log.warning("reconcile_missing_file", relpath=relpath, sop_instance_uid=uid)
-        await index.delete(uid)
+    if known and drop_missing:
+        if report.scanned == 0 and not force:
+            raise StoreLooksMissing(
+                f"none of the {len(known)} indexed files is in {files.root}: is the volume "
+                "mounted? (dicomd reindex --force drops the rows anyway)"
+            )
+        for uid, _size in known.values():
+            await index.delete(uid)
+        report.dropped = len(known)
     return report

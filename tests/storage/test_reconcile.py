@@ -90,3 +90,40 @@ async def test_reindex_command(tmp_path: Path) -> None:
         assert await runtime.index.get(adopted) is not None
         assert await runtime.index.get(gone) is None
         assert await runtime.index.get(kept) is not None
+
+
+async def test_start_up_never_drops_rows_and_reindex_guards_an_unmounted_store(
+    tmp_path: Path,
+) -> None:
+    """A store volume that failed to mount: start-up keeps every row; reindex refuses to drop
+    them all unless forced."""
+    config = make_config(root=tmp_path)
+    uid = generate_uid()
+    async with run_runtime(config) as (server, _runtime):
+        peer = await associate(server.port)
+        assert (await send_store(peer, uid, dataset_bytes(uid))).status == 0
+        peer.close()
+    objects = config.storage.root / "objects"
+    objects.rename(tmp_path / "elsewhere")  # as if the volume were not mounted
+    (config.storage.root / CLEAN_SHUTDOWN_MARKER).unlink()  # and the last run crashed
+    async with run_runtime(config) as (_server, runtime):
+        assert await runtime.index.get(uid) is not None
+    toml = tmp_path / "dicomd.toml"
+    toml.write_text(
+        f'[storage]\nroot = "{config.storage.root}"\n[index]\npath = "{config.index.path}"\n'
+    )
+
+    async def reindex(*extra: str) -> tuple[int, dict[str, object]]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dicomd.cli", "reindex", "--config", str(toml), *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(60):
+            out, _err = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, json.loads(out)
+
+    code, report = await reindex()
+    assert code == 1 and "mounted" in str(report["error"])
+    code, report = await reindex("--force")
+    assert code == 0 and report["dropped"] == 1 and report["index_instances"] == 0
