@@ -5,11 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import store
+from bench import crash, find, retrieve, soak, store
 
-# name -> (entry point taking its own argv, one-line description). Later: find, retrieve, soak.
+# name -> (entry point taking its own argv, one-line description).
 BENCHMARKS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "store": (store.main, "C-STORE throughput vs DCMTK storescp and pynetdicom storescp"),
+    "retrieve": (retrieve.main, "C-GET/C-MOVE of a CT study vs Orthanc and DCMTK dcmqrscp"),
+    "find": (find.main, "C-FIND latency on a 1M-instance index; vs Orthanc and dcmqrscp"),
+    "crash": (crash.main, "SIGKILL dicomd under C-STORE load, restart: count lost instances"),
+    "soak": (soak.main, "100k association cycles: RSS, fds, threads flat; echo latency under load"),
 }
 
 
