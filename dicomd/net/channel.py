@@ -21,6 +21,7 @@ from dicomd.ul.pdu import PDataTF
 
 READ_CHUNK = 256 * 1024
 FILE_CHUNK = 1024 * 1024
+COALESCE = 256 * 1024
 # Flush to the socket (and wait for the peer to read) every this many bytes of a large message, so
 # that sending a big dataset never holds more than this in our buffers.
 FLUSH_EVERY = 1024 * 1024
@@ -58,6 +59,8 @@ class Channel:
         self._idle_timeout = idle_timeout
         self._write_timeout = write_timeout
         self._send_lock = asyncio.Lock()
+        self._unflushed = 0
+        self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
 
@@ -87,6 +90,7 @@ class Channel:
 
     async def flush(self) -> None:
         chunks = self.connection.data_to_send()
+        self._unflushed = 0
         if chunks:
             await self._write(chunks)
 
@@ -115,15 +119,34 @@ class Channel:
             if isinstance(dataset, FileSlice):
                 await self._send_fragments(command)
                 await self._send_file(context_id, dataset, max_pdu)
-            elif dataset is not None:
-                await self._send_fragments(
-                    itertools.chain(
-                        command,
-                        fragment(context_id, dataset, is_command=False, max_pdu_length=max_pdu),
-                    )
-                )
             else:
-                await self._send_fragments(command)
+                pdus: Iterable[PDataTF] = command
+                if dataset is not None:
+                    data = fragment(context_id, dataset, is_command=False, max_pdu_length=max_pdu)
+                    pdus = itertools.chain(command, data)
+                await self._send_small(pdus)
+
+    async def _send_small(self, pdus: Iterable[PDataTF]) -> None:
+        """A message held in memory: queued, and written together with whatever else is sent
+        before the loop next turns (a page of C-FIND responses leaves in one write, not one each).
+        Back-pressure is unchanged: past COALESCE bytes, or with the transport's buffer full, it
+        is written and drained at once (bounded by the write timeout)."""
+        for pdu in pdus:
+            self.connection.send_data(pdu)
+            self._unflushed += len(pdu.pdvs[0].data)
+        transport = self._writer.transport
+        if self._unflushed >= COALESCE or transport.get_write_buffer_size() >= COALESCE:
+            await self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        chunks = self.connection.data_to_send()
+        self._unflushed = 0
+        if chunks and not self._writer.is_closing():
+            self._writer.writelines(chunks)
 
     async def _send_file(self, context_id: int, source: FileSlice, max_pdu: int) -> None:
         """Stream a stored file's dataset: the next chunk is read (in a thread) while this one is

@@ -51,6 +51,7 @@ log = structlog.get_logger("dicomd.find")
 
 FIRST_PAGE: Final = 16
 PAGE: Final = 256
+YIELD_EVERY: Final = 32
 
 # PS3.4 C.5.1.1.2, the A-ASSOCIATE-AC's SOP class extended negotiation info for Q/R FIND:
 # byte 0 relational queries, 1 combined date-time matching, 2 fuzzy semantic matching of person
@@ -155,10 +156,12 @@ class FindService:
                             identifier,
                         )
                         sent += 1
-                        # respond() does not yield while the socket takes the bytes: yield here, so
-                        # that the runner reads a C-CANCEL (and other associations run) between
-                        # responses, not only between pages.
-                        await asyncio.sleep(0)
+                        if sent % YIELD_EVERY == 0:
+                            # respond() does not yield while the socket takes the bytes: yield now
+                            # and then, so that the runner reads a C-CANCEL (and other associations
+                            # run) within a page. Not after every response: the responses sent
+                            # between two yields leave in one write.
+                            await asyncio.sleep(0)
                     if not batch:
                         break
         except QueryStopped:
