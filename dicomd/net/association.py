@@ -396,6 +396,17 @@ class AcceptorAssociation:
             self._current = op
             try:
                 await self._handle(channel, request, op)
+            except WriteTimeout:
+                # The peer stopped reading what an operation sends (a C-GET to a client that
+                # never reads): the association is over, not just this operation. Cutting the
+                # transport makes the read loop see the end and clean up.
+                log.warning("association_write_timeout", seconds=self._server.dimse_timeout)
+                channel.abort_transport()
+                return
+            except (ConnectionError, OSError) as e:
+                log.warning("association_write_failed", error=str(e))
+                channel.abort_transport()
+                return
             finally:
                 self._current = None
                 self._queue.task_done()

@@ -236,7 +236,8 @@ class StoredFile:
 
 # --- the store ------------------------------------------------------------------------------------
 
-_DIR_MODE: Final = 0o750  # matches the 0o640 of the files: owner writes, group reads
+_DIR_MODE: Final = 0o750
+FAN_OUT_CHARS: Final = 3  # hex digits of the UID hash naming the directory: 4096 directories  # matches the 0o640 of the files: owner writes, group reads
 
 
 def _missing_dirs(path: Path) -> list[Path]:
@@ -274,11 +275,27 @@ class FileStore:
                         _fsync_dir(new)
                         _fsync_dir(new.parent)
             same_filesystem = os.stat(self._tmp).st_dev == os.stat(self._objects).st_dev
+            self._create_fan_out()
         except OSError as exc:
             raise _mapped(exc, f"preparing {self.root}") from exc
         if not same_filesystem:
             # os.replace would fail with EXDEV on every store; say so once, at start-up.
             raise StorageError(f"{self._tmp} and {self._objects} are on different filesystems")
+
+    def _create_fan_out(self) -> None:
+        """All 4096 fan-out directories, once, when the store is first opened: no C-STORE then
+        pays for a mkdir and the fsyncs that make a new directory durable. The last one created
+        marks the set complete (they are made in order)."""
+        names = [f"{i:0{FAN_OUT_CHARS}x}" for i in range(16**FAN_OUT_CHARS)]
+        if not (self._objects / names[-1]).is_dir():
+            for name in names:
+                with suppress(FileExistsError):
+                    os.mkdir(self._objects / name, _DIR_MODE)
+            if self._fsync:
+                # The new entries live in objects/: one fsync makes them all durable. Each leaf
+                # is fsynced by install() after a rename into it.
+                _fsync_dir(self._objects)
+        self._known_dirs.update(names)
 
     def create_spool(self, meta: FileMeta) -> Spool:
         """A new spool in root/tmp with the File Meta already written (ValueError on a bad meta)."""
@@ -297,14 +314,15 @@ class FileStore:
 
     @staticmethod
     def relpath_for(sop_instance_uid: str) -> str:
-        """Where a SOP Instance lives: "objects/ab/cd/<sha256 hex>.dcm".
+        """Where a SOP Instance lives: "objects/abc/<sha256 hex>.dcm".
 
         Only the hash of the UID reaches the filesystem, never the peer's string itself: no path
-        tricks, fixed-length names, and an even spread over 65536 directories. A UID is ASCII
-        (PS3.5 9.1); anything else raises ValueError.
+        tricks, fixed-length names, and an even spread over 4096 directories (about 2,400 files
+        each at ten million instances, which hashed directories of ext4 and XFS handle well). A
+        UID is ASCII (PS3.5 9.1); anything else raises ValueError.
         """
         digest = hashlib.sha256(sop_instance_uid.encode("ascii")).hexdigest()
-        return f"objects/{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+        return f"objects/{digest[:FAN_OUT_CHARS]}/{digest}.dcm"
 
     def install(self, spool: Spool, sop_instance_uid: str) -> StoredFile:
         """fsync the spool, rename it to its hashed path (replacing any file there), fsync the dir.
@@ -385,11 +403,10 @@ class FileStore:
     def iter_objects(self) -> Iterator[str]:
         """Relpaths of every stored object file, sorted (for reindex and verify)."""
         try:
-            for first in _sorted_names(self._objects, dirs=True):
-                for second in _sorted_names(self._objects / first, dirs=True):
-                    for name in _sorted_names(self._objects / first / second, dirs=False):
-                        if name.endswith(".dcm"):
-                            yield f"objects/{first}/{second}/{name}"
+            for directory in _sorted_names(self._objects, dirs=True):
+                for name in _sorted_names(self._objects / directory, dirs=False):
+                    if name.endswith(".dcm"):
+                        yield f"objects/{directory}/{name}"
         except OSError as exc:
             raise _mapped(exc, "listing objects") from exc
 

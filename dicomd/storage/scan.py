@@ -169,6 +169,10 @@ class _Walker:
             end = pos + length
             if end > self.src.end:
                 raise ScanError(f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end")
+            if vr == "SQ":
+                # Walked, not stepped over: the depth bound must hold for sequences of defined
+                # length too, or a deep one slips through here and kills a later decoder.
+                self.defined_sequence(pos, end, depth + 1)
             return end
         if vr in ("OB", "OW") or tag == PIXEL_DATA:
             return self.fragments(pos)
@@ -195,6 +199,28 @@ class _Walker:
                     raise ScanError("item runs past the end of the dataset")
                 self.elements_until(pos, end, depth)
                 pos = end
+
+    def defined_sequence(self, pos: int, end: int, depth: int) -> None:
+        """A sequence of defined length: items (of defined or undefined length) up to `end`."""
+        if depth > MAX_DEPTH:
+            raise ScanError(f"sequences nested deeper than {MAX_DEPTH}")
+        while pos < end:
+            tag, _vr, length, hlen = self.header(pos)
+            pos += hlen
+            if tag != _ITEM:
+                raise ScanError(
+                    f"expected an item in a sequence, found ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                )
+            if length == UNDEFINED:
+                pos = self.item(pos, depth)
+            else:
+                item_end = pos + length
+                if item_end > end:
+                    raise ScanError("item runs past the end of its sequence")
+                self.elements_until(pos, item_end, depth)
+                pos = item_end
+        if pos != end:
+            raise ScanError("item runs past the end of its sequence")
 
     def item(self, pos: int, depth: int) -> int:
         while True:

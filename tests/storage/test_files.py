@@ -360,7 +360,22 @@ def test_install_replaces_an_existing_file_by_rename(tmp_path: Path) -> None:
     assert tree(tmp_path, "tmp") == []
 
 
-def test_install_fsyncs_file_new_dirs_parents_and_final_dir(
+def test_fan_out_is_created_once_when_the_store_is_new(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    real_fsync_dir = files_module._fsync_dir
+    monkeypatch.setattr(files_module, "_fsync_dir", lambda p: (synced.append(p), real_fsync_dir(p)))
+    FileStore(tmp_path)
+    objects = tmp_path / "objects"
+    assert sorted(p.name for p in objects.iterdir()) == [f"{i:03x}" for i in range(4096)]
+    assert synced.count(objects) == 2  # objects/ created (its parent's entry), then its entries
+    synced.clear()
+    FileStore(tmp_path)  # opened again: nothing to create or sync
+    assert synced == []
+
+
+def test_install_fsyncs_file_and_final_dir_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = FileStore(tmp_path)
@@ -388,17 +403,13 @@ def test_install_fsyncs_file_new_dirs_parents_and_final_dir(
     spool = store.create_spool(META)
     stored = store.install(spool, "1.2.3")
     leaf = (tmp_path / stored.relpath).parent
-    objects = tmp_path / "objects"
-    assert mkdirs == [leaf.parent, leaf]
-    # The new dirs' entries (in their parents), then the leaf after the rename, last.
-    assert synced_dirs == [leaf.parent, objects, leaf]
-    dir_syncs = len(synced_dirs)
-    assert len(file_syncs) == 1 + dir_syncs  # _fsync_dir calls os.fsync too
+    # The fan-out exists from the start: no mkdir; the file, then its directory after the rename.
+    assert mkdirs == []
+    assert synced_dirs == [leaf]
+    assert len(file_syncs) == 2  # the spool, and the directory (_fsync_dir calls os.fsync too)
 
-    # Same fan-out directory again: no mkdir, no stat, just the file and the directory.
     synced_dirs.clear()
     file_syncs.clear()
-    mkdirs.clear()
     store.install(store.create_spool(META), uid_in_same_directory_as("1.2.3"))
     assert mkdirs == []
     assert synced_dirs == [leaf]
@@ -453,11 +464,11 @@ def test_concurrent_installs(tmp_path: Path) -> None:
 # --- layout ---------------------------------------------------------------------------------------
 
 
-def test_relpath_is_two_level_fan_out_of_the_uid_hash() -> None:
+def test_relpath_is_a_fan_out_of_the_uid_hash() -> None:
     uid = "1.2.840.113619.2.55.3.604688119.971.1234567890.123"
     digest = hashlib.sha256(uid.encode("ascii")).hexdigest()
     relpath = FileStore.relpath_for(uid)
-    assert relpath == f"objects/{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+    assert relpath == f"objects/{digest[:3]}/{digest}.dcm"
     assert FileStore.relpath_for(uid) == relpath
     assert FileStore.relpath_for(uid + "1") != relpath
 
@@ -466,7 +477,7 @@ def test_relpath_is_two_level_fan_out_of_the_uid_hash() -> None:
 def test_relpath_never_contains_the_peer_string(uid: str) -> None:
     relpath = FileStore.relpath_for(uid)
     name = relpath.split("/")[-1]
-    assert len(relpath.split("/")) == 4
+    assert len(relpath.split("/")) == 3
     assert len(name) == 64 + 4 and all(c in "0123456789abcdef" for c in name[:64])
 
 

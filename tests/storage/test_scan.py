@@ -133,6 +133,25 @@ def nested(depth: int) -> bytes:
     return start * depth + end * depth
 
 
+def nested_defined(depth: int) -> bytes:
+    """`depth` sequences of defined length nested in each other (explicit VR LE)."""
+    inner = b""
+    for _ in range(depth):
+        item = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(inner)) + inner
+        inner = b"\x08\x00\x15\x11SQ\x00\x00" + struct.pack("<I", len(item)) + item
+    return inner
+
+
+def test_nesting_bound_holds_for_defined_lengths() -> None:
+    scan_bytes(nested_defined(MAX_DEPTH))
+    with pytest.raises(ScanError, match="nested"):
+        scan_bytes(nested_defined(MAX_DEPTH + 1))
+    # A defined-length sequence whose item overruns it is malformed, not skipped.
+    bad = b"\x08\x00\x15\x11SQ\x00\x00" + struct.pack("<I", 8) + b"\xfe\xff\x00\xe0\x10\x00\x00\x00"
+    with pytest.raises(ScanError):
+        scan_bytes(bad)
+
+
 def test_nesting_bound() -> None:
     scan_bytes(nested(MAX_DEPTH))
     with pytest.raises(ScanError, match="nested"):
