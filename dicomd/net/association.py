@@ -173,10 +173,14 @@ class AcceptorAssociation:
             await self._event_loop(channel)
         except IdleTimeout:
             log.warning("association_idle_timeout", seconds=self._server.idle_timeout)
+            await self._stop_worker()  # nothing may answer into the aborted association
             await self._abort(channel)
         except WriteTimeout:
             log.warning("association_write_timeout", seconds=self._server.dimse_timeout)
             channel.abort_transport()
+        except (ConnectionError, OSError) as e:
+            # The peer reset the connection while we were writing: it is gone, not a crash.
+            log.info("association_connection_lost", error=str(e) or type(e).__name__)
         except asyncio.CancelledError:
             # Server shutdown past its deadline: tell the peer before going away.
             await self._abort(channel)
@@ -387,8 +391,20 @@ class AcceptorAssociation:
         request = Request(context, command, dataset, rq.calling_ae_title, rq.called_ae_title, sink)
         op = _Operation(context.context_id, getattr(command, "message_id", 0))
         # Bounded: with no asynchronous operations window the peer has one request outstanding; a
-        # peer that sends more waits here, which stops our reading and so its sending.
-        await self._queue.put((request, op))
+        # peer that sends more waits here, which stops our reading and so its sending. Unless the
+        # worker has died (its writes timed out): then nothing will take the request, and the
+        # association ends instead of waiting forever.
+        worker = self._worker
+        put = asyncio.ensure_future(self._queue.put((request, op)))
+        if worker is None:
+            await put
+            return
+        done, _pending = await asyncio.wait({put, worker}, return_when=asyncio.FIRST_COMPLETED)
+        if put not in done:
+            put.cancel()
+            log.warning("association_worker_ended", detail="request not taken")
+            if self._channel is not None:
+                self._channel.abort_transport()
 
     async def _work(self, channel: Channel) -> None:
         while True:
