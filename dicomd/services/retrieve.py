@@ -384,52 +384,39 @@ class _RspFactory(Protocol):
     ) -> Message: ...
 
 
-def _get_rsp(
-    command: CGetRQ | CMoveRQ,
-    code: int,
-    *,
-    remaining: int | None = None,
-    completed: int | None = None,
-    failed: int | None = None,
-    warning: int | None = None,
-    comment: str | None = None,
-    has_dataset: bool = False,
-) -> Message:
-    return CGetRSP(
-        command.message_id,
-        command.affected_sop_class_uid,
-        code,
-        has_dataset,
-        remaining,
-        completed,
-        failed,
-        warning,
-        comment[:64] if comment else None,
-    )
+def _response(
+    cls: type[CGetRSP] | type[CMoveRSP],
+) -> _RspFactory:
+    """A builder of `cls` responses (C-GET-RSP and C-MOVE-RSP have the same fields)."""
+
+    def build(
+        command: CGetRQ | CMoveRQ,
+        code: int,
+        *,
+        remaining: int | None = None,
+        completed: int | None = None,
+        failed: int | None = None,
+        warning: int | None = None,
+        comment: str | None = None,
+        has_dataset: bool = False,
+    ) -> Message:
+        return cls(
+            command.message_id,
+            command.affected_sop_class_uid,
+            code,
+            has_dataset,
+            remaining,
+            completed,
+            failed,
+            warning,
+            comment[:64] if comment else None,
+        )
+
+    return build
 
 
-def _move_rsp(
-    command: CGetRQ | CMoveRQ,
-    code: int,
-    *,
-    remaining: int | None = None,
-    completed: int | None = None,
-    failed: int | None = None,
-    warning: int | None = None,
-    comment: str | None = None,
-    has_dataset: bool = False,
-) -> Message:
-    return CMoveRSP(
-        command.message_id,
-        command.affected_sop_class_uid,
-        code,
-        has_dataset,
-        remaining,
-        completed,
-        failed,
-        warning,
-        comment[:64] if comment else None,
-    )
+_get_rsp = _response(CGetRSP)
+_move_rsp = _response(CMoveRSP)
 
 
 class _GetSender:
