@@ -31,7 +31,8 @@ from pydicom.tag import BaseTag
 
 MAX_DEPTH = 64
 MAX_ELEMENTS = 1_000_000
-MAX_INFLATED = 64 * 1024 * 1024  # a Deflated dataset (rare: SR, small images) inflates to at most this
+# A Deflated dataset (rare: SRs, small images) inflates to at most this, held in memory to walk it.
+MAX_INFLATED = 64 * 1024 * 1024
 MAX_INFLATE_RATIO = 100
 # Top-level values up to this size are kept for the index and C-FIND; longer ones are bulk.
 MAX_KEPT_VALUE = 8192
