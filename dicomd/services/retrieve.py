@@ -46,7 +46,7 @@ from dicomd.services.sop_classes import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
 )
-from dicomd.storage.files import FileStore
+from dicomd.storage.files import PART10_HEAD, FileStore, dataset_offset
 from dicomd.storage.index import Index
 from dicomd.ul.negotiation import AcceptedContext, ProposedContext
 
@@ -512,11 +512,9 @@ def _proposals(targets: Sequence[Target]) -> list[ProposedContext]:
 def _file_slice(path: Path) -> FileSlice:
     """The dataset part of a stored Part 10 file (after the File Meta group, PS3.10 7.1)."""
     with open(path, "rb") as f:
-        head = f.read(144)
+        head = f.read(PART10_HEAD)
         size = f.seek(0, io.SEEK_END)
-    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
-        raise ValueError(f"{path.name} is not a Part 10 file with a group length")
-    offset = 144 + int.from_bytes(head[140:144], "little")
+    offset = dataset_offset(head)
     return FileSlice(path, offset, size - offset)
 
 

@@ -113,6 +113,21 @@ def encode_file_meta(meta: FileMeta) -> bytes:
 # --- errors ---------------------------------------------------------------------------------------
 
 
+# What dataset_offset() reads: preamble, "DICM", and the (0002,0000) element (12 bytes, PS3.10 7.1).
+PART10_HEAD: Final = 128 + 4 + 12
+
+
+def dataset_offset(head: bytes) -> int:
+    """Where the dataset starts in a Part 10 file whose first PART10_HEAD bytes are `head`: after
+    the File Meta group, whose length its first element, (0002,0000) UL, gives (explicit VR LE:
+    tag 4, VR 2, length 2, value 4). ValueError when the head is not that."""
+    if len(head) < PART10_HEAD or head[128:132] != _PREFIX:
+        raise ValueError("not a DICOM Part 10 file")
+    if head[132:136] != b"\x02\x00\x00\x00" or head[136:138] != b"UL":
+        raise ValueError("no File Meta Information Group Length")
+    return PART10_HEAD + int.from_bytes(head[140:144], "little")
+
+
 class StorageError(Exception):
     """An I/O failure of the store other than running out of space."""
 

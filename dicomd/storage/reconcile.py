@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,14 +19,13 @@ from pathlib import Path
 import structlog
 from pydicom.filereader import read_file_meta_info
 
-from dicomd.storage.files import FileStore
+from dicomd.storage.files import PART10_HEAD, FileStore, dataset_offset
 from dicomd.storage.index import Index
 from dicomd.storage.record import InstanceRecord, RecordError, record_from_dataset
 from dicomd.storage.scan import EXPLICIT_VR_BE, ScanError, scan
 
 log = structlog.get_logger("dicomd.reconcile")
 
-_PREAMBLE = 128
 _HASH_CHUNK = 1 << 20
 
 
@@ -50,27 +48,23 @@ def read_stored(path: Path, relpath: str) -> InstanceRecord:
     """The index record of a stored Part 10 file, read from the file alone (worker thread)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(_PREAMBLE + 4 + 12)
+            head = f.read(PART10_HEAD)
             st = os.fstat(f.fileno())
             sha = hashlib.sha256(head)
             while chunk := f.read(_HASH_CHUNK):
                 sha.update(chunk)
     except OSError as e:
         raise UnreadableFile(f"{relpath}: {e.strerror}") from e
-    # PS3.10 7.1: preamble, "DICM", then (0002,0000) UL, explicit VR LE: tag 4, VR 2, length 2, value 4.
-    if len(head) < _PREAMBLE + 16 or head[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
-        raise UnreadableFile(f"{relpath}: not a DICOM Part 10 file")
-    tag, vr = head[132:136], head[136:138]
-    if tag != b"\x02\x00\x00\x00" or vr != b"UL":
-        raise UnreadableFile(f"{relpath}: no File Meta Information Group Length")
-    (group_length,) = struct.unpack("<I", head[140:144])
-    dataset_offset = 144 + group_length
+    try:
+        offset = dataset_offset(head)
+    except ValueError as e:
+        raise UnreadableFile(f"{relpath}: {e}") from e
     try:
         meta = read_file_meta_info(path)
         transfer_syntax = str(meta.TransferSyntaxUID)
         calling = str(meta.get("SourceApplicationEntityTitle", "") or "").strip()
         with open(path, "rb") as f:
-            scanned = scan(f, dataset_offset, st.st_size, transfer_syntax)
+            scanned = scan(f, offset, st.st_size, transfer_syntax)
         return record_from_dataset(
             scanned.dataset(),
             transfer_syntax_uid=transfer_syntax,
