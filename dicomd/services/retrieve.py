@@ -343,7 +343,7 @@ class RetrieveService:
         if counts.failed_uids:
             ds = Dataset()
             ds.FailedSOPInstanceUIDList = counts.failed_uids
-            identifier = _encode_identifier(ds, context.transfer_syntax)
+            identifier = _encode(ds, context.transfer_syntax)
         await responder.respond(
             factory(
                 command,
@@ -526,19 +526,11 @@ def _convert(path: Path, source_ts: str, target_ts: str) -> bytes:
     ds = pydicom.dcmread(path)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress()  # raises when no codec is installed for this syntax
-    fp = DicomBytesIO()
-    fp.is_implicit_VR = target_ts == IMPLICIT_VR_LE
-    fp.is_little_endian = target_ts != EXPLICIT_VR_BE
-    write_dataset(fp, ds)
-    data = fp.getvalue()
-    if target_ts == DEFLATED_EXPLICIT_VR_LE:
-        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = compressor.compress(data) + compressor.flush()
-    return data
+    return _encode(ds, target_ts)
 
 
-def _encode_identifier(ds: Dataset, transfer_syntax: str) -> bytes:
-    """A response identifier in the presentation context's transfer syntax."""
+def _encode(ds: Dataset, transfer_syntax: str) -> bytes:
+    """`ds` encoded in `transfer_syntax` (a converted instance, or a response identifier)."""
     fp = DicomBytesIO()
     fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LE
     fp.is_little_endian = transfer_syntax != EXPLICIT_VR_BE
