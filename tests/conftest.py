@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -58,17 +58,6 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-# Data directories make_config() created; removed when the test session ends.
-_CREATED_ROOTS: list[Path] = []
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _remove_created_roots() -> Iterator[None]:
-    yield
-    for root in _CREATED_ROOTS:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def make_config(
     root: Path | None = None, storage: dict[str, Any] | None = None, **server: Any
 ) -> Config:
@@ -76,9 +65,7 @@ def make_config(
     server.setdefault("host", "127.0.0.1")
     server.setdefault("port", 0)
     server.setdefault("uvloop", False)
-    if root is None:
-        root = Path(tempfile.mkdtemp(prefix="dicomd-test-"))
-        _CREATED_ROOTS.append(root)
+    root = root or Path(tempfile.mkdtemp(prefix="dicomd-test-"))
     return replace(
         Config(),
         server=replace(ServerConfig(), **server),
