@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +20,20 @@ from dicomd.config import Config, IndexConfig, ServerConfig, StorageConfig
 from dicomd.net.server import DicomServer
 
 IN_CI = os.environ.get("CI") == "true"
+
+# The running test's tmp_path: make_config() puts its data there, so pytest removes it with the
+# test (tmp_path_retention_policy = "failed" keeps only the failures' for a look).
+_test_dir: Path | None = None
+
+
+@pytest.fixture(autouse=True)
+def _data_under_tmp_path(tmp_path: Path) -> Iterator[None]:
+    global _test_dir
+    _test_dir = tmp_path
+    try:
+        yield
+    finally:
+        _test_dir = None
 
 
 def find_dcmtk(name: str) -> str | None:
@@ -61,11 +75,12 @@ def dcmtk_env() -> dict[str, str]:
 def make_config(
     root: Path | None = None, storage: dict[str, Any] | None = None, **server: Any
 ) -> Config:
-    """A test configuration: loopback, port 0, data under `root` (a fresh temp dir by default)."""
+    """A test configuration: loopback, port 0, data under `root` (by default a fresh directory in
+    the test's tmp_path, or in the system's temp directory outside a test)."""
     server.setdefault("host", "127.0.0.1")
     server.setdefault("port", 0)
     server.setdefault("uvloop", False)
-    root = root or Path(tempfile.mkdtemp(prefix="dicomd-test-"))
+    root = root or Path(tempfile.mkdtemp(prefix="dicomd-test-", dir=_test_dir))
     return replace(
         Config(),
         server=replace(ServerConfig(), **server),
