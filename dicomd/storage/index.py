@@ -10,15 +10,23 @@ kind), runs them in one transaction (BEGIN IMMEDIATE ... COMMIT) and resolves ea
 after COMMIT has returned, so a caller that answers C-STORE Success after put() returned answers
 for a committed row (with synchronous=FULL, a durable one). While one transaction commits the next
 batch queues up, so one fsync is shared by every concurrent store: group commit, with no timer.
-A batch costs a fixed number of round trips to aiosqlite's thread whatever its size: every
-statement is an executemany(), or a set-based statement over a JSON list of keys (json_each), with
-parents found by natural-key subselects rather than by rowids fetched first.
+
+Why the writer is not an aiosqlite connection: aiosqlite runs each statement as its own trip to
+the connection's thread and back through the event loop, and a batch is 4 to 7 statements, so a
+lone store waited on 4 to 7 thread hand-offs besides the commit itself. The write connection is a
+plain sqlite3 connection owned by one dedicated thread -- aiosqlite's model, one thread per
+connection -- to which a whole transaction is handed as one call: one hop per batch, whatever its
+size. Every statement is an executemany(), or a set-based statement over a JSON list of keys
+(json_each), with parents found by natural-key subselects rather than by rowids fetched first.
+The schema is set up (migrations) through aiosqlite as before, and the reads stay on aiosqlite.
 
 A failing batch is rolled back and its callers get IndexUnavailable (for "database is locked"
 after busy_timeout, a full disk, an I/O error); the writer carries on with the next batch. A batch
 that fails for any other reason is retried one operation per transaction, so one poison record
 cannot fail the stores that happened to share its transaction. A put() whose caller is cancelled
-is still written: its file is already installed, and an indexed file beats an orphan.
+is still written: its file is already installed, and an indexed file beats an orphan. A
+transaction handed to the thread always runs to its end; its callers learn its real outcome even
+when the writer task is cancelled meanwhile.
 
 Reads (get, iter_instances, counts) use a second, read-only connection, so they never wait behind
 a group commit; in WAL mode a reader sees the last committed state while a writer writes.
@@ -43,12 +51,14 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias, get_args
+from typing import Any, Final, Literal, TypeAlias, TypeVar, get_args
 
 import aiosqlite
 
@@ -279,6 +289,21 @@ def _settle(
         future.set_result(result)
 
 
+_Outcome: TypeAlias = tuple[Any, BaseException | None]  # (result, error) of one operation
+_T = TypeVar("_T")
+
+
+def _settle_batch(batch: list[_Op], running: asyncio.Future[list[_Outcome]]) -> None:
+    """Hand each operation of a finished transaction its outcome."""
+    if running.cancelled() or running.exception() is not None:
+        error = running.exception() if not running.cancelled() else None
+        for op in batch:
+            _settle(op.future, error=_unavailable(error or RuntimeError("index writer stopped")))
+        return
+    for op, (result, error) in zip(batch, running.result(), strict=True):
+        _settle(op.future, result, error)
+
+
 def _unavailable(exc: BaseException) -> BaseException:
     if isinstance(exc, sqlite3.Error):
         error = IndexUnavailable(f"index write failed: {exc}")
@@ -324,13 +349,28 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
         raise
 
 
+def _open_writer(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
+    """The write connection; called on the writer thread, the only thread that ever uses it."""
+    # isolation_level=None: no implicit BEGINs from the sqlite3 module; ours are explicit.
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class Index:
     """The open index; make it with `await Index.open(path)`, end it with `await close()`."""
 
     def __init__(
         self,
         path: Path,
-        writer: aiosqlite.Connection,
+        writer: sqlite3.Connection,
+        writer_thread: ThreadPoolExecutor,
         reader: aiosqlite.Connection,
         *,
         busy_timeout: float = 5.0,
@@ -338,7 +378,8 @@ class Index:
         self.path = path
         # C-FIND's connections (reads.py): long queries never hold up `reader`.
         self._reads = ReadPool(path, size=QUERY_CONNECTIONS, busy_timeout=busy_timeout)
-        self._writer_conn = writer
+        self._writer_conn = writer  # used on _writer_thread only
+        self._writer_thread = writer_thread
         self._reader = reader
         self._queue: deque[_Op] = deque()
         self._wakeup = asyncio.Event()
@@ -352,6 +393,7 @@ class Index:
         # are idempotent, so a row equal to the last one written need not be written again: the
         # usual batch (slices of a series already stored) then writes its instance rows only.
         # Valid because this connection is the only writer; cleared on rollback and on delete.
+        # Touched on the writer thread only.
         self._parent_rows: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}
         self._pending_rows: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}
         self._forget_parents = False
@@ -377,34 +419,42 @@ class Index:
         if busy_timeout < 0:
             raise ValueError("busy_timeout must be >= 0")
         timeout_ms = round(busy_timeout * 1000)
-        opened: list[aiosqlite.Connection] = []
+        loop = asyncio.get_running_loop()
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomd-index-writer")
+        writer: sqlite3.Connection | None = None
+        reader: aiosqlite.Connection | None = None
         try:
-            writer = await _connect(path, busy_timeout)
-            opened.append(writer)
-            await writer.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-            rows = list(await writer.execute_fetchall("PRAGMA journal_mode = WAL"))
-            if str(rows[0][0]).lower() != "wal":
-                raise IndexUnavailable(f"cannot use WAL journal mode on {path} (got {rows[0][0]})")
-            await writer.execute(f"PRAGMA synchronous = {mode}")
-            await writer.execute("PRAGMA foreign_keys = ON")
-            # The batch statements pass key lists as JSON (json_each): built in since SQLite
-            # 3.38, an option before. Better refused here than on every put().
-            await writer.execute_fetchall("SELECT json_valid('[]')")
-            await migrate(writer)
+            setup = await _connect(path, busy_timeout)
+            try:
+                await setup.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+                rows = list(await setup.execute_fetchall("PRAGMA journal_mode = WAL"))
+                if str(rows[0][0]).lower() != "wal":
+                    raise IndexUnavailable(
+                        f"cannot use WAL journal mode on {path} (got {rows[0][0]})"
+                    )
+                # The batch statements pass key lists as JSON (json_each): built in since SQLite
+                # 3.38, an option before. Better refused here than on every put().
+                await setup.execute_fetchall("SELECT json_valid('[]')")
+                await migrate(setup)
+            finally:
+                await setup.close()
+            writer = await loop.run_in_executor(thread, _open_writer, path, busy_timeout, mode)
             reader = await _connect(path, busy_timeout)
-            opened.append(reader)
             await reader.execute(f"PRAGMA busy_timeout = {timeout_ms}")
             await reader.execute("PRAGMA query_only = ON")
         except BaseException as exc:
-            for conn in reversed(opened):
-                await conn.close()
+            if reader is not None:
+                await reader.close()
+            if writer is not None:
+                await loop.run_in_executor(thread, writer.close)
+            thread.shutdown(wait=False)
             if isinstance(exc, sqlite3.Error):
                 raise IndexUnavailable(f"cannot open the index {path}: {exc}") from exc
             raise
-        return cls(path, writer, reader, busy_timeout=busy_timeout)
+        return cls(path, writer, thread, reader, busy_timeout=busy_timeout)
 
     async def close(self) -> None:
-        """Write what is queued, stop the writer, close both connections. Idempotent."""
+        """Write what is queued, stop the writer, close the connections. Idempotent."""
         if self._closed:
             return
         self._closing = True
@@ -420,7 +470,11 @@ class Index:
         finally:
             self._closed = True
             try:
-                await self._writer_conn.close()
+                # Queued behind any transaction still running on the thread.
+                await asyncio.get_running_loop().run_in_executor(
+                    self._writer_thread, self._writer_conn.close
+                )
+                self._writer_thread.shutdown(wait=False)
             finally:
                 await self._reader.close()
                 await self._reads.close()
@@ -428,6 +482,11 @@ class Index:
     @property
     def stats(self) -> IndexStats:
         return IndexStats(self._transactions, self._failed, self._records)
+
+    async def call_writer(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run fn(connection) on the writer's thread (for checks and tests, not for writes)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer_thread, fn, self._writer_conn)
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -452,6 +511,7 @@ class Index:
         self._wakeup.set()
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 while not self._queue:
@@ -464,7 +524,17 @@ class Index:
                 while self._queue and len(batch) < BATCH_LIMIT and type(self._queue[0]) is kind:
                     batch.append(self._queue.popleft())
                 self._inflight = batch
-                await self._run(batch)
+                running = loop.run_in_executor(self._writer_thread, self._run, batch)
+                try:
+                    await asyncio.shield(running)
+                except asyncio.CancelledError:
+                    # The transaction runs to its end on its thread whatever happens here: its
+                    # callers get what it did, not a guess (a commit reported as a failure would
+                    # have the store remove a file its committed row points at).
+                    running.add_done_callback(partial(_settle_batch, batch))
+                    self._inflight = []
+                    raise
+                _settle_batch(batch, running)
                 self._inflight = []
         finally:
             # Reached with work left only if this task was cancelled (event loop shutdown).
@@ -473,46 +543,43 @@ class Index:
             self._queue.clear()
             self._inflight = []
 
-    async def _run(self, batch: list[_Op]) -> None:
+    # --- on the writer thread --------------------------------------------------------------------
+
+    def _run(self, batch: list[_Op]) -> list[_Outcome]:
+        """One transaction for the batch (writer thread); each op's result or error."""
         try:
-            results = await self._transaction(batch)
+            results = self._transaction(batch)
         except Exception as exc:
-            await self._rollback()
+            self._rollback()
             self._failed += 1
             if len(batch) > 1 and not isinstance(exc, sqlite3.OperationalError):
                 # Not the database's state but something in the batch: find the culprit.
-                for op in batch:
-                    await self._run([op])
-                return
-            for op in batch:
-                _settle(op.future, error=_unavailable(exc))
-            return
-        for op, result in zip(batch, results, strict=True):
-            _settle(op.future, result)
+                return [outcome for op in batch for outcome in self._run([op])]
+            error = _unavailable(exc)
+            return [(None, error)] * len(batch)
+        return [(result, None) for result in results]
 
-    async def _rollback(self) -> None:
+    def _rollback(self) -> None:
         self._pending_rows.clear()
         self._parent_rows.clear()
         self._forget_parents = False
         try:
             if self._writer_conn.in_transaction:
-                await self._writer_conn.execute("ROLLBACK")
+                self._writer_conn.execute("ROLLBACK")
         except Exception:
             # Some errors (SQLITE_FULL, IOERR) have rolled back already; a connection that
             # cannot even roll back will fail the next BEGIN, and that batch reports it.
             pass
 
-    async def _transaction(self, batch: list[_Op]) -> list[Any]:
+    def _transaction(self, batch: list[_Op]) -> list[Any]:
         conn = self._writer_conn
-        await conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         if isinstance(batch[0], _Put):
-            results: list[Any] = await self._put_batch([op for op in batch if isinstance(op, _Put)])
+            results: list[Any] = self._put_batch([op for op in batch if isinstance(op, _Put)])
         else:
-            await self._delete_batch(
-                [op.sop_instance_uid for op in batch if isinstance(op, _Delete)]
-            )
+            self._delete_batch([op.sop_instance_uid for op in batch if isinstance(op, _Delete)])
             results = [None] * len(batch)
-        await conn.execute("COMMIT")
+        conn.execute("COMMIT")
         if self._forget_parents:
             self._parent_rows.clear()
             self._forget_parents = False
@@ -526,17 +593,17 @@ class Index:
             self._records += len(batch)
         return results
 
-    async def _put_batch(self, ops: list[_Put]) -> list[PutResult]:
+    def _put_batch(self, ops: list[_Put]) -> list[PutResult]:
         conn = self._writer_conn
         records = [op.record for op in ops]
-        found = await conn.execute_fetchall(
+        found = conn.execute(
             _LOOKUP,
             (
                 _keys(r.sop_instance_uid for r in records),
                 _keys(r.series_instance_uid for r in records),
                 _keys(r.study_instance_uid for r in records),
             ),
-        )
+        ).fetchall()
         # Every parent each key has had: in the database, and in this batch's written records.
         parents: dict[tuple[int, str], set[tuple[Any, ...]]] = {}
         old_pks: tuple[set[int], set[int], set[int]] = (set(), set(), set())
@@ -586,14 +653,14 @@ class Index:
                 row for key, row in rows.items() if self._parent_rows.get((level, key)) != row
             ]
             if changed:
-                await conn.executemany(sql, changed)
+                conn.executemany(sql, changed)
             for key, row in rows.items():
                 self._pending_rows[level, key] = row
-        await conn.executemany(_UPSERT_INSTANCE, [_instance_row(r) for r in written])
+        conn.executemany(_UPSERT_INSTANCE, [_instance_row(r) for r in written])
         # Something moved (in the database, or between records of this batch): parents it left may
         # be empty now. The common batch moves nothing and skips these statements.
         if any(len(seen) > 1 for seen in parents.values()):
-            await self._delete_empty(
+            self._delete_empty(
                 old_pks,
                 (
                     [r.series_instance_uid for r in written],
@@ -603,19 +670,19 @@ class Index:
             )
         return results
 
-    async def _delete_batch(self, uids: list[str]) -> None:
+    def _delete_batch(self, uids: list[str]) -> None:
         self._parent_rows.clear()  # deletes may remove parents: forget what was written
         conn = self._writer_conn
-        found = await conn.execute_fetchall(_DELETE_LOOKUP, (_keys(uids),))
+        found = conn.execute(_DELETE_LOOKUP, (_keys(uids),)).fetchall()
         old_pks: tuple[set[int], set[int], set[int]] = (set(), set(), set())
         for row in found:
             for pks, pk in zip(old_pks, row, strict=True):
                 pks.add(pk)
-        await conn.execute(_DELETE_INSTANCES, (_keys(uids),))
+        conn.execute(_DELETE_INSTANCES, (_keys(uids),))
         if found:
-            await self._delete_empty(old_pks, ([], [], []))
+            self._delete_empty(old_pks, ([], [], []))
 
-    async def _delete_empty(
+    def _delete_empty(
         self,
         pks: tuple[set[int], set[int], set[int]],
         keys: tuple[list[str], list[str], list[tuple[str, str]]],
@@ -631,7 +698,7 @@ class Index:
             (_DELETE_EMPTY_STUDIES, pks[1], _keys(study_keys)),
             (_DELETE_EMPTY_PATIENTS, pks[2], _keys(patient_keys)),
         ):
-            await conn.execute(sql, (json.dumps(sorted(level_pks)), level_keys))
+            conn.execute(sql, (json.dumps(sorted(level_pks)), level_keys))
 
     # --- reads -----------------------------------------------------------------------------------
 

@@ -131,10 +131,12 @@ async def test_every_record_field_is_one_column_at_its_level(index: Index, db_pa
 
 async def test_connection_pragmas(index: Index) -> None:
     # The connections are private; the PRAGMAs are per connection and cannot be seen from outside.
-    writer = index._writer_conn
-    assert list(await writer.execute_fetchall("PRAGMA synchronous")) == [(2,)]  # FULL
-    assert list(await writer.execute_fetchall("PRAGMA foreign_keys")) == [(1,)]
-    assert list(await writer.execute_fetchall("PRAGMA busy_timeout")) == [(5000,)]
+    def pragma(name: str) -> Any:
+        return lambda conn: conn.execute(f"PRAGMA {name}").fetchall()
+
+    assert await index.call_writer(pragma("synchronous")) == [(2,)]  # FULL
+    assert await index.call_writer(pragma("foreign_keys")) == [(1,)]
+    assert await index.call_writer(pragma("busy_timeout")) == [(5000,)]
     reader = index._reader
     assert list(await reader.execute_fetchall("PRAGMA query_only")) == [(1,)]
 
@@ -142,9 +144,10 @@ async def test_connection_pragmas(index: Index) -> None:
 async def test_synchronous_normal_and_busy_timeout(db_path: Path) -> None:
     idx = await Index.open(db_path, synchronous="NORMAL", busy_timeout=0.25)
     try:
-        writer = idx._writer_conn
-        assert list(await writer.execute_fetchall("PRAGMA synchronous")) == [(1,)]
-        assert list(await writer.execute_fetchall("PRAGMA busy_timeout")) == [(250,)]
+        synchronous = await idx.call_writer(lambda c: c.execute("PRAGMA synchronous").fetchall())
+        assert synchronous == [(1,)]
+        timeout = await idx.call_writer(lambda c: c.execute("PRAGMA busy_timeout").fetchall())
+        assert timeout == [(250,)]
     finally:
         await idx.close()
 
