@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -32,7 +31,7 @@ from dicomd.services.base import Request, Responder
 from dicomd.storage.files import FileMeta, FileStore, OutOfSpace, Spool, StorageError, StoredFile
 from dicomd.storage.index import Index, IndexUnavailable, PutResult
 from dicomd.storage.record import InstanceRecord, RecordError, record_from_dataset
-from dicomd.storage.scan import EXPLICIT_VR_BE, ScanError, scan
+from dicomd.storage.scan import EXPLICIT_VR_BE, ScanError, scan, scan_bytes
 from dicomd.ul.negotiation import AcceptedContext
 
 log = structlog.get_logger("dicomd.store")
@@ -279,7 +278,7 @@ class StoreService:
         ts = sink.meta.transfer_syntax_uid
         try:
             if sink.whole is not None:
-                scanned = scan(io.BytesIO(sink.whole), 0, len(sink.whole), ts)
+                scanned = scan_bytes(sink.whole, ts)
             else:
                 with open(spool.path, "rb") as f:
                     scanned = scan(f, spool.dataset_offset, spool.size, ts)

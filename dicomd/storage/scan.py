@@ -134,8 +134,27 @@ class _Source:
         return buf[rel : rel + n]
 
 
+class _Memory:
+    """[start, end) of a dataset held in memory whole (a small instance): no window to manage."""
+
+    def __init__(self, data: bytes, start: int, end: int) -> None:
+        self._data = data
+        self.start = start
+        self.end = end
+
+    def window(self, pos: int, n: int) -> tuple[bytes, int]:
+        if pos < self.start or pos + n > self.end:
+            raise ScanError(f"element runs past the end of the dataset (offset {pos - self.start})")
+        return self._data, pos
+
+    def read(self, pos: int, n: int) -> bytes:
+        if pos < self.start or pos + n > self.end:
+            raise ScanError(f"element runs past the end of the dataset (offset {pos - self.start})")
+        return self._data[pos : pos + n]
+
+
 class _Walker:
-    def __init__(self, src: _Source, *, implicit: bool, little: bool) -> None:
+    def __init__(self, src: _Source | _Memory, *, implicit: bool, little: bool) -> None:
         self.src = src
         self.implicit = implicit
         e = "<" if little else ">"
@@ -279,8 +298,23 @@ def scan(f: BinaryIO, start: int, end: int, transfer_syntax_uid: str) -> Scanned
     return _scan(f, start, end, implicit=implicit, little=little, ts=transfer_syntax_uid)
 
 
+def scan_bytes(data: bytes | bytearray, transfer_syntax_uid: str) -> Scanned:
+    """Walk a dataset held in memory, encoded in `transfer_syntax_uid` (same result as scan())."""
+    if transfer_syntax_uid == DEFLATED:
+        return scan(io.BytesIO(data), 0, len(data), transfer_syntax_uid)
+    implicit = transfer_syntax_uid == IMPLICIT_VR_LE
+    little = transfer_syntax_uid != EXPLICIT_VR_BE
+    source = _Memory(bytes(data), 0, len(data))
+    return _walk(source, 0, len(data), implicit=implicit, little=little, ts=transfer_syntax_uid)
+
+
 def _scan(f: BinaryIO, start: int, end: int, *, implicit: bool, little: bool, ts: str) -> Scanned:
-    src = _Source(f, start, end)
+    return _walk(_Source(f, start, end), start, end, implicit=implicit, little=little, ts=ts)
+
+
+def _walk(
+    src: _Source | _Memory, start: int, end: int, *, implicit: bool, little: bool, ts: str
+) -> Scanned:
     walker = _Walker(src, implicit=implicit, little=little)
     elements: dict[int, Element] = {}
     blob: list[bytes] = []

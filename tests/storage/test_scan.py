@@ -20,6 +20,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.sequence import Sequence
 
 from dicomd.storage.scan import MAX_DEPTH, ScanError, scan
+from dicomd.storage.scan import scan_bytes as scan_in_memory
 
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -48,7 +49,16 @@ def sample(name: str) -> tuple[Path, int, str]:
 
 
 def scan_bytes(data: bytes, ts: str = EXPLICIT) -> object:
-    return scan(io.BytesIO(data), 0, len(data), ts)
+    """Both walks, from a file and from memory: they must agree, on the result or the error."""
+    try:
+        from_file = scan(io.BytesIO(data), 0, len(data), ts)
+    except ScanError as error:
+        with pytest.raises(ScanError) as caught:
+            scan_in_memory(bytearray(data), ts)
+        assert str(caught.value) == str(error)
+        raise
+    assert scan_in_memory(bytearray(data), ts) == from_file
+    return from_file
 
 
 @pytest.mark.parametrize("name", SAMPLES)
