@@ -42,7 +42,7 @@ from dicomd.query.identifier import Query, QueryError, parse_identifier, read_id
 from dicomd.query.matching import SQL_FUNCTIONS
 from dicomd.query.model import MODELS
 from dicomd.query.plan import build_plan
-from dicomd.query.response import response_identifier
+from dicomd.query.row_encoder import ResponseEncoder
 from dicomd.services.base import Request, Responder
 from dicomd.storage.index import Index
 from dicomd.storage.reads import QueryStopped
@@ -119,7 +119,13 @@ class FindService:
             return
         log.debug("c_find_plan", level=query.level.name, sql=plan.sql, params=plan.params)
         pending = status.PENDING_WARNING if plan.unsupported else status.PENDING
-        transfer_syntax = request.context.transfer_syntax
+        encode = ResponseEncoder(
+            query,
+            plan,
+            ae_title=self._ae_title,
+            pn_case_insensitive=self._pn_case_insensitive,
+            transfer_syntax=request.context.transfer_syntax,
+        )
         try:
             async with self._index.query(
                 plan.sql, plan.params, should_stop=lambda: responder.cancel_requested
@@ -138,14 +144,7 @@ class FindService:
                                 f"more than {self._max_matches} matches; refine the query",
                             )
                             return
-                        identifier = response_identifier(
-                            query,
-                            plan,
-                            row,
-                            ae_title=self._ae_title,
-                            pn_case_insensitive=self._pn_case_insensitive,
-                            transfer_syntax=transfer_syntax,
-                        )
+                        identifier = encode(row)
                         await responder.respond(
                             CFindRSP(
                                 command.message_id,

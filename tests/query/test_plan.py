@@ -18,6 +18,7 @@ from dicomd.query.matching import SQL_FUNCTIONS
 from dicomd.query.model import MODELS
 from dicomd.query.plan import build_plan
 from dicomd.query.response import response_identifier
+from dicomd.query.row_encoder import ResponseEncoder
 from dicomd.storage.index import Index
 from tests.query.data import (
     PATIENT_ROOT,
@@ -41,6 +42,9 @@ async def index(tmp_path: Path) -> AsyncIterator[Index]:
         await idx.close()
 
 
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
 def identifier(level: str, **keys: Any) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = level
@@ -60,24 +64,22 @@ async def find(
 ) -> tuple[list[Dataset], bool]:
     query = parse_identifier(ds, MODELS[model], relational=relational, combined_datetime=combined)
     plan = build_plan(query, pn_case_insensitive=ci)
+    encoder = ResponseEncoder(
+        query, plan, ae_title="DICOMD", pn_case_insensitive=ci, transfer_syntax=EXPLICIT_LE
+    )
+    out = []
     async with index.query(plan.sql, plan.params) as rows:
-        out = [
-            read_dataset(
-                io.BytesIO(
-                    response_identifier(
-                        query,
-                        plan,
-                        row,
-                        ae_title="DICOMD",
-                        pn_case_insensitive=ci,
-                        transfer_syntax="1.2.840.10008.1.2.1",
-                    )
-                ),
-                False,
-                True,
+        for row in await rows.fetch(1000):
+            data = response_identifier(
+                query,
+                plan,
+                row,
+                ae_title="DICOMD",
+                pn_case_insensitive=ci,
+                transfer_syntax=EXPLICIT_LE,
             )
-            for row in await rows.fetch(1000)
-        ]
+            assert encoder(row) == data  # the compiled fast path answers byte for byte alike
+            out.append(read_dataset(io.BytesIO(data), False, True))
     return out, plan.unsupported
 
 

@@ -1,0 +1,196 @@
+"""The compiled response encoder (query/row_encoder.py) against the general builder
+(query/response.py): the same bytes for every row, query character set and transfer syntax."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+
+from dicomd.query.identifier import Query, parse_identifier
+from dicomd.query.model import MODELS
+from dicomd.query.plan import Plan, Source, build_plan
+from dicomd.query.response import response_identifier
+from dicomd.query.row_encoder import ResponseEncoder
+from tests.query.data import PATIENT_ROOT, STUDY_ROOT
+
+SYNTAXES = (
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+)
+CHARSETS = (
+    (),
+    ("ISO_IR 192",),
+    ("ISO_IR 100",),
+    ("ISO_IR 144",),
+    ("GB18030",),
+    ("GBK",),
+    ("ISO_IR 6",),
+    ("ISO_IR 13",),
+    ("ISO 2022 IR 100",),
+    ("", "ISO 2022 IR 87"),
+    ("ISO 2022 IR 6", "ISO 2022 IR 149"),
+    ("NOT A CHARSET",),
+)
+
+
+def _identifier(level: str, **keys: Any) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+# Identifiers whose plans cover every output source but the kept attributes: columns of each
+# VR (text, PN, UI, DA/TM, IS/DS, US), computed counts and lists, a constant, keys below the level.
+IDENTIFIERS = (
+    (
+        STUDY_ROOT,
+        _identifier(
+            "STUDY",
+            PatientName="",
+            PatientID="",
+            PatientBirthDate="",
+            PatientSex="",
+            OtherPatientIDs="",
+            PatientComments="",
+            StudyDate="",
+            StudyTime="",
+            AccessionNumber="",
+            ReferringPhysicianName="",
+            NameOfPhysiciansReadingStudy="",
+            StudyDescription="",
+            StudyInstanceUID="",
+            StudyID="",
+            PatientAge="",
+            PatientWeight="",
+            ModalitiesInStudy="",
+            SOPClassesInStudy="",
+            NumberOfStudyRelatedSeries="",
+            NumberOfStudyRelatedInstances="",
+            InstanceAvailability="",
+            SeriesDescription="",  # below the level: answered empty
+            Modality="CT",  # below the level, with a value
+        ),
+    ),
+    (
+        PATIENT_ROOT,
+        _identifier(
+            "IMAGE",
+            PatientID="P1",
+            StudyInstanceUID="1.2.3",
+            SeriesInstanceUID="1.2.3.4",
+            SOPInstanceUID="",
+            SOPClassUID="",
+            InstanceNumber="",
+            Rows=None,
+            Columns=None,
+            ImageType="",
+            NumberOfFrames="",
+            ContentDate="",
+            AvailableTransferSyntaxUID="",
+        ),
+    ),
+)
+
+_TEXT = st.text(
+    alphabet=st.sampled_from(
+        [*"AZaz09 ^=\\.-*?_%", "é", "Ü", "ß", "Ж", "λ", "王", "芳", "山", "€", "\x00"]
+    ),
+    max_size=12,
+)
+_VALUE = st.one_of(
+    st.none(),
+    st.just(""),
+    _TEXT,
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+)
+
+
+def _plans() -> list[tuple[Query, Plan]]:
+    out = []
+    for model, ds in IDENTIFIERS:
+        query = parse_identifier(ds, MODELS[model], relational=False, combined_datetime=False)
+        out.append((query, build_plan(query, pn_case_insensitive=True)))
+    return out
+
+
+PLANS = _plans()
+
+
+def _general(query: Query, plan: Plan, row: tuple[Any, ...], syntax: str) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return response_identifier(
+            query, plan, row, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=syntax
+        )
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    which=st.integers(0, len(PLANS) - 1),
+    charsets=st.sampled_from(CHARSETS),
+    syntax=st.sampled_from(SYNTAXES),
+    data=st.data(),
+)
+def test_same_bytes_as_the_general_builder(
+    which: int, charsets: tuple[str, ...], syntax: str, data: st.DataObject
+) -> None:
+    query, plan = PLANS[which]
+    query = replace(query, charsets=charsets)
+    width = 1 + max(o.index for o in plan.outputs if o.source is Source.ROW)
+    row = tuple(data.draw(st.lists(_VALUE, min_size=width, max_size=width)))
+    encoder = ResponseEncoder(
+        query, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=syntax
+    )
+    assert encoder.fast
+    assert encoder(row) == _general(query, plan, row, syntax)
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES)
+@pytest.mark.parametrize("charsets", CHARSETS)
+def test_fast_path_taken_for_ascii_and_single_charset_rows(
+    syntax: str, charsets: tuple[str, ...]
+) -> None:
+    """The rows the benchmark streams (ASCII, or non-ASCII in the query's one character set or
+    in UTF-8) do not fall back to the general builder."""
+    query, plan = PLANS[0]
+    query = replace(query, charsets=charsets)
+    width = 1 + max(o.index for o in plan.outputs if o.source is Source.ROW)
+    encoder = ResponseEncoder(
+        query, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=syntax
+    )
+    ascii_row = tuple(f"V{i}" if i % 3 else i for i in range(width))
+    assert encoder._encode(ascii_row) == _general(query, plan, ascii_row, syntax)
+    names = tuple("WANG^FANG=王^芳" for _ in range(width))
+    multi_extension = len(charsets) > 1 or charsets in (("ISO_IR 13",), ("ISO 2022 IR 100",))
+    fast = encoder._encode(names)
+    assert (fast is None) == multi_extension
+    assert encoder(names) == _general(query, plan, names, syntax)
+
+
+def test_kept_attributes_take_the_general_builder() -> None:
+    ds = _identifier("STUDY", StudyInstanceUID="", InstitutionName="")  # no column
+    query = parse_identifier(ds, MODELS[STUDY_ROOT], relational=False, combined_datetime=False)
+    plan = build_plan(query, pn_case_insensitive=True)
+    encoder = ResponseEncoder(
+        query, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=SYNTAXES[1]
+    )
+    assert not encoder.fast
+
+
+def test_non_ascii_ae_title_takes_the_general_builder() -> None:
+    query, plan = PLANS[0]
+    encoder = ResponseEncoder(
+        query, plan, ae_title="DICOMDÉ", pn_case_insensitive=True, transfer_syntax=SYNTAXES[1]
+    )
+    assert not encoder.fast
