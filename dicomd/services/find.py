@@ -21,7 +21,8 @@ per matching row as the cursor advances, and the final status, in one place:
     C001 Unable to process the identifier cannot be decoded; the statement fails
 
 Rows are fetched a page at a time (a small first page, so that the first response leaves quickly),
-never the whole result. Counts (Number of ... Related ...) are correlated subqueries over the
+never the whole result; the next page is read on the connection's thread while one is being sent.
+Each row becomes its identifier through a ResponseEncoder compiled once per query (row_encoder.py). Counts (Number of ... Related ...) are correlated subqueries over the
 covering child -> parent indexes, computed only when asked for: an index-only count costs well under
 a millisecond for a study of a thousand instances, and maintained counters would have put three more
 row updates into every C-STORE transaction, and the move/delete bookkeeping with them.
@@ -132,7 +133,8 @@ class FindService:
             ) as rows:
                 page = FIRST_PAGE
                 while True:
-                    batch = await rows.fetch(page)
+                    # The next page is read on the connection's thread while this one is sent.
+                    batch = await rows.fetch(page, then=PAGE)
                     page = PAGE
                     for row in batch:
                         if responder.cancel_requested:

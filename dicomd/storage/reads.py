@@ -21,6 +21,10 @@ Stopping: a page can take long to fill (a wildcard over a million rows that matc
 fetch runs, `should_stop()` is polled every POLL_INTERVAL seconds; when it turns true, or when the
 calling task is cancelled, the connection is interrupted (sqlite3_interrupt, which is thread safe),
 the statement fails at its next step, and `fetch()` raises QueryStopped (or the cancellation).
+
+Read-ahead: `fetch(n, then=m)` starts reading the next m rows on the connection's thread as soon as
+it returns, so that the statement advances while the caller turns the page into responses; at most
+one page is read ahead, and a query closed with a page still being read interrupts it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -55,22 +59,47 @@ class Rows:
         self._should_stop = should_stop
         self._cursor: aiosqlite.Cursor | None = None
         self._done = False
+        self._pending: asyncio.Future[Iterable[sqlite3.Row]] | None = None
+        self._pending_size = 0
         self.interrupted = False
 
     async def _start(self, sql: str, params: Sequence[Any]) -> None:
         # sqlite3's execute() steps the statement to its first row, which can be the long part.
         self._cursor = await self._guarded(self._conn.execute(sql, params))
 
-    async def fetch(self, n: int) -> list[tuple[Any, ...]]:
-        """Up to n more rows; an empty list once the query has no more."""
+    async def fetch(self, n: int, *, then: int = 0) -> list[tuple[Any, ...]]:
+        """Up to n more rows; an empty list once the query has no more.
+
+        With `then`, the next `then` rows are fetched on the connection's thread while the caller
+        works on these (SQLite steps the statement without holding the GIL, so the next page is
+        read while this one is encoded); the next fetch() returns that page, whatever its n.
+        """
         if self._done or self._cursor is None:
             return []
-        rows = [tuple(row) for row in await self._guarded(self._cursor.fetchmany(n))]
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            n = self._pending_size
+            page = await self._guarded(pending)
+        else:
+            page = await self._guarded(self._cursor.fetchmany(n))
+        rows = [tuple(row) for row in page]
         if len(rows) < n:
             self._done = True
+        elif then > 0:
+            self._pending_size = then
+            self._pending = asyncio.ensure_future(self._cursor.fetchmany(then))
         return rows
 
     async def _close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            # A page being read in the background (the caller stopped early: C-CANCEL, a match
+            # limit): interrupt it if it still runs, so that closing does not wait for a long scan.
+            if not pending.done():
+                await self._interrupt()
+            await asyncio.wait({pending})
+            if not pending.cancelled():
+                pending.exception()  # retrieved: an interrupted page is not an error here
         cursor, self._cursor = self._cursor, None
         if cursor is not None:
             # Resets the statement: its read transaction ends and the connection is reusable.

@@ -134,3 +134,42 @@ async def test_read_only(index: Index) -> None:
     with pytest.raises(sqlite3.OperationalError):
         async with index.query("DELETE FROM patient") as rows:
             await rows.fetch(1)
+
+
+async def test_read_ahead_pages(index: Index) -> None:
+    """fetch(n, then=m): the next m rows are read in the background; the pages are unchanged."""
+    async with index.query("SELECT sop_instance_uid FROM instance ORDER BY pk") as rows:
+        first = await rows.fetch(2, then=4)
+        second = await rows.fetch(100, then=4)  # the page read ahead: 4 rows, not 100
+        third = await rows.fetch(4, then=4)
+        last = await rows.fetch(4, then=4)
+        assert await rows.fetch(4, then=4) == []
+    pages = first + second + third + last
+    assert [len(first), len(second), len(third), len(last)] == [2, 4, 4, 1]
+    async with index.query("SELECT sop_instance_uid FROM instance ORDER BY pk") as rows:
+        everything = await rows.fetch(100)
+    assert pages == everything
+
+
+async def test_closing_with_a_page_read_ahead_interrupts_it(index: Index) -> None:
+    """A caller that stops early (C-CANCEL, a match limit) does not wait for a long read-ahead."""
+    started = time.perf_counter()
+    sql = "SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT * FROM (" + ENDLESS + ")"
+    async with index.query(sql) as rows:
+        assert await rows.fetch(1, then=1) == [(1,)]
+        await asyncio.sleep(0.1)  # the read-ahead is now scanning
+    assert time.perf_counter() - started < 3.0
+    async with index.query("SELECT count(*) FROM patient") as rows:
+        assert await rows.fetch(1) == [(4,)]
+
+
+async def test_should_stop_interrupts_a_page_read_ahead(index: Index) -> None:
+    stop = False
+    sql = "SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT * FROM (" + ENDLESS + ")"
+    with pytest.raises(QueryStopped):
+        async with index.query(sql, should_stop=lambda: stop) as rows:
+            assert await rows.fetch(1, then=1) == [(1,)]
+            stop = True
+            await rows.fetch(1)
+    async with index.query("SELECT count(*) FROM patient") as rows:
+        assert await rows.fetch(1) == [(4,)]
