@@ -5,8 +5,9 @@ place (PS3.4 B.2.3):
 
     fragments -> spool file (written from a thread, a bounded buffer at a time)
     last fragment -> in one worker thread: parse the header (bounded), check the UIDs against the
-        command, fsync, atomic rename into the hashed path, fsync the directory
-    -> index row committed (group commit) -> only then Success.
+        command, fsync, atomic rename into the hashed path, fsync the directory, index row
+        committed (group commit, led by this thread or shared with concurrent stores)
+    -> only then Success.
 
 File before index: a crash leaves at worst an orphan file that start-up adopts, never an index row
 that points at nothing. A dataset is never decoded whole: only its header, stopping before pixel data.
@@ -18,9 +19,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -28,7 +30,7 @@ from dicomd import metrics
 from dicomd.dimse import status
 from dicomd.dimse.messages import CStoreRQ, CStoreRSP, Message
 from dicomd.services.base import Request, Responder
-from dicomd.storage.files import FileMeta, FileStore, OutOfSpace, Spool, StorageError, StoredFile
+from dicomd.storage.files import FileMeta, FileStore, OutOfSpace, Spool, StorageError
 from dicomd.storage.index import Index, IndexUnavailable, PutResult
 from dicomd.storage.record import InstanceRecord, RecordError, record_from_dataset
 from dicomd.storage.scan import EXPLICIT_VR_BE, ScanError, scan, scan_bytes
@@ -40,7 +42,12 @@ log = structlog.get_logger("dicomd.store")
 # disk in one write, large ones never hold more than this in memory.
 WRITE_CHUNK = 1 << 20
 
+# Worker threads for the durable path of concurrent stores (each blocks on fsync and on the group
+# commit); its own pool, so stores waiting on the disk never hold up other worker-thread users.
+STORE_THREADS = 16
+
 DuplicatePolicy = Literal["keep", "replace", "reject"]
+_R = TypeVar("_R")
 
 
 class _Refused(Exception):
@@ -65,6 +72,8 @@ class SpoolSink:
         self.received = 0
         # The whole dataset, when it reached the spool in a single write: scanned from memory.
         self.whole: bytes | bytearray | None = None
+        # Its index record, once built (kept for the rare second step of a duplicate).
+        self.record: InstanceRecord | None = None
 
     async def write(self, data: bytes) -> None:
         self.received += len(data)
@@ -132,6 +141,7 @@ class StoreService:
         # by it, and two associations sending the same instance must not interleave.
         self._locks: dict[str, list[Any]] = {}  # uid -> [lock, users]
         self._in_flight: set[asyncio.Future[str]] = set()
+        self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="dicomd-store")
 
     async def open_sink(
         self, context: AcceptedContext, command: Message, calling_ae_title: str
@@ -210,6 +220,11 @@ class StoreService:
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
+    async def close(self) -> None:
+        """drain(), then let the worker threads go."""
+        await self.drain()
+        self._executor.shutdown(wait=False)
+
     async def _store(self, request: Request, sink: SpoolSink, command: CStoreRQ) -> str:
         try:
             return await self._store_locked(request, sink, command)
@@ -225,10 +240,10 @@ class StoreService:
             # UID, so "is it stored already?" is a stat there, and the index is asked only when
             # the answer is yes.
             keep_existing = self._policy != "replace"
-            record, stored = await asyncio.to_thread(
+            result = await self._in_thread(
                 self._persist_sync, sink, command, request, received_at, keep_existing
             )
-            if stored is None:
+            if result is None:
                 existing = await self._index.get(uid)
                 if existing is not None:
                     if self._policy == "reject":
@@ -236,19 +251,13 @@ class StoreService:
                     await sink.discard()
                     return "kept-existing"
                 # A file without an index row (left by a crash): this instance takes its place.
-                record, installed = await asyncio.to_thread(self._install_sync, sink, uid, record)
-                stored = installed
-            assert stored is not None
-            try:
-                result = await self._index.put(record, policy=self._policy)
-            except IndexUnavailable as e:
-                if keep_existing:
-                    # The file is new (or replaced an orphan): never indexed, never acknowledged,
-                    # so it is not left for start-up to adopt. Under "replace" it may have
-                    # overwritten an indexed file; reconcile re-reads that one.
-                    await asyncio.to_thread(self._files.remove, stored.relpath)
-                raise _Refused(status.OUT_OF_RESOURCES, f"index unavailable: {e}") from e
+                record = sink.record
+                assert record is not None
+                result = await self._in_thread(self._install_sync, sink, uid, record)
             return "replaced" if result is PutResult.REPLACED else "stored"
+
+    async def _in_thread(self, fn: Callable[..., _R], *args: Any) -> _R:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     @contextlib.asynccontextmanager
     async def _instance_lock(self, uid: str) -> AsyncIterator[None]:
@@ -271,9 +280,10 @@ class StoreService:
         request: Request,
         received_at: str,
         keep_existing: bool,
-    ) -> tuple[InstanceRecord, StoredFile | None]:
-        """Worker thread: header check, then fsync + rename + directory fsync. With
-        `keep_existing`, an instance whose file exists is not installed (None is returned)."""
+    ) -> PutResult | None:
+        """Worker thread: header check, fsync + rename + directory fsync, index row committed.
+        With `keep_existing`, an instance whose file exists is not installed (None is returned,
+        and sink.record holds its record)."""
         spool = sink.flush_sync()
         ts = sink.meta.transfer_syntax_uid
         try:
@@ -286,23 +296,11 @@ class StoreService:
             raise _Refused(status.CANNOT_UNDERSTAND, f"cannot parse dataset: {e}") from e
         except OSError as e:
             raise _Refused(status.OUT_OF_RESOURCES, f"storage error: {e.strerror}") from e
-        ds = scanned.dataset()
-        sop_class = str(ds.get("SOPClassUID", "")).strip()
-        sop_instance = str(ds.get("SOPInstanceUID", "")).strip()
-        if sop_class != command.affected_sop_class_uid:
-            raise _Refused(
-                status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                f"SOP Class UID in dataset is {sop_class!r}, command says another",
-            )
-        if sop_instance != command.affected_sop_instance_uid:
-            raise _Refused(
-                status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOP Instance UID in dataset differs from the command",
-            )
         try:
             # Built before installing, so a dataset we cannot index never lands in the store.
+            # The pydicom Dataset is made only if the record needs it (see record.py).
             record = record_from_dataset(
-                ds,
+                scanned.dataset,
                 transfer_syntax_uid=sink.meta.transfer_syntax_uid,
                 relpath="",
                 size=0,
@@ -316,14 +314,27 @@ class StoreService:
             )
         except RecordError as e:
             raise _Refused(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(e)) from e
+        # PS3.4 B.2.3: the dataset's SOP Class and Instance UIDs must be the command's (A900).
+        if record.sop_class_uid != command.affected_sop_class_uid:
+            raise _Refused(
+                status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"SOP Class UID in dataset is {record.sop_class_uid!r}, command says another",
+            )
+        if record.sop_instance_uid != command.affected_sop_instance_uid:
+            raise _Refused(
+                status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Instance UID in dataset differs from the command",
+            )
         uid = command.affected_sop_instance_uid
         if keep_existing and self._files.path(self._files.relpath_for(uid)).exists():
-            return record, None
+            sink.record = record
+            return None
         return self._install_sync(sink, uid, record)
 
-    def _install_sync(
-        self, sink: SpoolSink, uid: str, record: InstanceRecord
-    ) -> tuple[InstanceRecord, StoredFile]:
+    def _install_sync(self, sink: SpoolSink, uid: str, record: InstanceRecord) -> PutResult:
+        """Worker thread: install the spool under its hashed path, then commit its index row (on
+        this thread too: a lone store costs no hand-off to a writer; concurrent ones share a
+        group commit, see storage/index.py)."""
         assert sink.spool is not None
         try:
             stored = self._files.install(sink.spool, uid)
@@ -333,7 +344,16 @@ class StoreService:
             raise _Refused(status.OUT_OF_RESOURCES, f"storage error: {e}") from e
         sink.spool = None  # installed: no longer ours to discard
         record = replace(record, relpath=stored.relpath, size=stored.size, sha256=stored.sha256)
-        return record, stored
+        try:
+            return self._index.put_blocking(record, policy=self._policy)
+        except IndexUnavailable as e:
+            if self._policy != "replace":
+                # The file is new (or replaced an orphan): never indexed, never acknowledged,
+                # so it is not left for start-up to adopt. Under "replace" it may have
+                # overwritten an indexed file; reconcile re-reads that one.
+                with contextlib.suppress(StorageError):
+                    self._files.remove(stored.relpath)
+            raise _Refused(status.OUT_OF_RESOURCES, f"index unavailable: {e}") from e
 
 
 def _log_unanswered(task: asyncio.Future[str]) -> None:

@@ -4,29 +4,31 @@ Owns: the index database at run time: opening it (PRAGMAs, migrations from schem
 instance records, deleting them, and the few reads the store and the repair code need.
 Must not know: DICOM parsing (record.py does it), files (files.py), the network, statuses.
 
-Writes: one writer task owns the write connection. put() and delete() queue an operation with a
-future and wait on it; the writer takes everything queued (up to BATCH_LIMIT operations of one
-kind), runs them in one transaction (BEGIN IMMEDIATE ... COMMIT) and resolves each future only
-after COMMIT has returned, so a caller that answers C-STORE Success after put() returned answers
-for a committed row (with synchronous=FULL, a durable one). While one transaction commits the next
-batch queues up, so one fsync is shared by every concurrent store: group commit, with no timer.
+Writes: group commit by leader and followers, on the callers' own threads. put_blocking() and
+delete_blocking() are called from worker threads (a C-STORE calls it from the thread that has just
+installed its file); each queues its operation and takes the commit lock. Whoever holds it is the
+leader: it takes everything queued (up to BATCH_LIMIT operations of one kind), runs it as one
+transaction (BEGIN IMMEDIATE ... COMMIT) and hands every operation of the batch its outcome. A
+caller whose operation a leader has committed meanwhile finds it done when it gets the lock, and
+returns. No caller returns before the COMMIT of its row has returned, so a C-STORE answered Success
+after put returned answers for a committed row (with synchronous=FULL, a durable one); while one
+transaction commits the next batch queues up, so one fsync is shared by every concurrent store,
+with no timer. A lone store commits on its own thread, with no hand-off at all.
 
-Why the writer is not an aiosqlite connection: aiosqlite runs each statement as its own trip to
-the connection's thread and back through the event loop, and a batch is 4 to 7 statements, so a
-lone store waited on 4 to 7 thread hand-offs besides the commit itself. The write connection is a
-plain sqlite3 connection owned by one dedicated thread -- aiosqlite's model, one thread per
-connection -- to which a whole transaction is handed as one call: one hop per batch, whatever its
-size. Every statement is an executemany(), or a set-based statement over a JSON list of keys
-(json_each), with parents found by natural-key subselects rather than by rowids fetched first.
-The schema is set up (migrations) through aiosqlite as before, and the reads stay on aiosqlite.
+Why not a writer task on aiosqlite: aiosqlite runs each statement as its own trip to the
+connection's thread and back through the event loop, a batch is 4 to 7 statements, and a thread
+hand-off is far from free (a futex wake and often an inter-processor interrupt, on virtual machines
+tens to hundreds of microseconds). The write connection is therefore a plain sqlite3 connection used
+by one thread at a time under the commit lock. The schema is set up (migrations) through aiosqlite,
+the reads stay on aiosqlite, and put()/delete() are the awaitable forms for the event loop. Every
+statement is an executemany(), or a set-based statement over a JSON list of keys (json_each), with
+parents found by natural-key subselects rather than by rowids fetched first.
 
 A failing batch is rolled back and its callers get IndexUnavailable (for "database is locked"
 after busy_timeout, a full disk, an I/O error); the writer carries on with the next batch. A batch
 that fails for any other reason is retried one operation per transaction, so one poison record
-cannot fail the stores that happened to share its transaction. A put() whose caller is cancelled
-is still written: its file is already installed, and an indexed file beats an orphan. A
-transaction handed to the thread always runs to its end; its callers learn its real outcome even
-when the writer task is cancelled meanwhile.
+cannot fail the stores that happened to share its transaction. A put() whose awaiting caller is
+cancelled is still written: its file is already installed, and an indexed file beats an orphan.
 
 Reads (get, iter_instances, counts) use a second, read-only connection, so they never wait behind
 a group commit; in WAL mode a reader sees the last committed state while a writer writes.
@@ -51,11 +53,9 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from functools import partial
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias, TypeVar, get_args
@@ -261,47 +261,24 @@ _PAGE: Final = f"SELECT i.pk, {_STORED_COLUMNS} WHERE i.pk > ? ORDER BY i.pk LIM
 # --- the writer's queue --------------------------------------------------------------------------
 
 
+_Outcome: TypeAlias = tuple[Any, BaseException | None]  # (result, error) of one operation
+_T = TypeVar("_T")
+
+
 @dataclass(slots=True)
 class _Put:
     record: InstanceRecord
     policy: Policy
-    future: asyncio.Future[PutResult] = field(repr=False)
+    outcome: _Outcome | None = None  # set by the leader that committed it, under the commit lock
 
 
 @dataclass(slots=True)
 class _Delete:
     sop_instance_uid: str
-    future: asyncio.Future[None] = field(repr=False)
+    outcome: _Outcome | None = None
 
 
 _Op: TypeAlias = _Put | _Delete
-
-
-def _settle(
-    future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
-) -> None:
-    # The caller may have been cancelled meanwhile; its future is then done already.
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-_Outcome: TypeAlias = tuple[Any, BaseException | None]  # (result, error) of one operation
-_T = TypeVar("_T")
-
-
-def _settle_batch(batch: list[_Op], running: asyncio.Future[list[_Outcome]]) -> None:
-    """Hand each operation of a finished transaction its outcome."""
-    if running.cancelled() or running.exception() is not None:
-        error = running.exception() if not running.cancelled() else None
-        for op in batch:
-            _settle(op.future, error=_unavailable(error or RuntimeError("index writer stopped")))
-        return
-    for op, (result, error) in zip(batch, running.result(), strict=True):
-        _settle(op.future, result, error)
 
 
 def _unavailable(exc: BaseException) -> BaseException:
@@ -350,9 +327,11 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
 
 
 def _open_writer(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
-    """The write connection; called on the writer thread, the only thread that ever uses it."""
+    """The write connection: used by one thread at a time, under the index's commit lock."""
     # isolation_level=None: no implicit BEGINs from the sqlite3 module; ours are explicit.
-    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    conn = sqlite3.connect(
+        path, isolation_level=None, timeout=busy_timeout, check_same_thread=False
+    )
     try:
         conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -370,7 +349,6 @@ class Index:
         self,
         path: Path,
         writer: sqlite3.Connection,
-        writer_thread: ThreadPoolExecutor,
         reader: aiosqlite.Connection,
         *,
         busy_timeout: float = 5.0,
@@ -378,34 +356,31 @@ class Index:
         self.path = path
         # C-FIND's connections (reads.py): long queries never hold up `reader`.
         self._reads = ReadPool(path, size=QUERY_CONNECTIONS, busy_timeout=busy_timeout)
-        self._writer_conn = writer  # used on _writer_thread only
-        self._writer_thread = writer_thread
         self._reader = reader
+        # The write side: the connection and everything below are used under _commit_lock, by
+        # the leader of the moment; _queue and _closing under _queue_lock.
+        self._commit_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
         self._queue: deque[_Op] = deque()
-        self._wakeup = asyncio.Event()
         self._closing = False
         self._closed = False
-        self._inflight: list[_Op] = []
+        self._writer_conn: sqlite3.Connection | None = writer
         self._transactions = 0
         self._failed = 0
         self._records = 0
-        # The last row this writer wrote for each parent (patient, study, series) key. The upserts
-        # are idempotent, so a row equal to the last one written need not be written again: the
+        # The last row written for each parent (patient, study, series) key. The upserts are
+        # idempotent, so a row equal to the last one written need not be written again: the
         # usual batch (slices of a series already stored) then writes its instance rows only.
         # Valid because this connection is the only writer; cleared on rollback and on delete.
-        # Touched on the writer thread only.
         self._parent_rows: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}
         self._pending_rows: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}
         self._forget_parents = False
-        self._writer_task = asyncio.get_running_loop().create_task(
-            self._write_loop(), name=f"dicomd-index-writer {path}"
-        )
 
     @classmethod
     async def open(
         cls, path: Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0
     ) -> Index:
-        """Open (creating if needed) and migrate the index at `path`; start its writer.
+        """Open (creating if needed) and migrate the index at `path`.
 
         `synchronous` is FULL (a commit survives power loss) or NORMAL (it may be lost, the
         database stays consistent); `busy_timeout` is how long, in seconds, a write waits for a
@@ -419,8 +394,6 @@ class Index:
         if busy_timeout < 0:
             raise ValueError("busy_timeout must be >= 0")
         timeout_ms = round(busy_timeout * 1000)
-        loop = asyncio.get_running_loop()
-        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomd-index-writer")
         writer: sqlite3.Connection | None = None
         reader: aiosqlite.Connection | None = None
         try:
@@ -438,7 +411,7 @@ class Index:
                 await migrate(setup)
             finally:
                 await setup.close()
-            writer = await loop.run_in_executor(thread, _open_writer, path, busy_timeout, mode)
+            writer = await asyncio.to_thread(_open_writer, path, busy_timeout, mode)
             reader = await _connect(path, busy_timeout)
             await reader.execute(f"PRAGMA busy_timeout = {timeout_ms}")
             await reader.execute("PRAGMA query_only = ON")
@@ -446,107 +419,128 @@ class Index:
             if reader is not None:
                 await reader.close()
             if writer is not None:
-                await loop.run_in_executor(thread, writer.close)
-            thread.shutdown(wait=False)
+                writer.close()
             if isinstance(exc, sqlite3.Error):
                 raise IndexUnavailable(f"cannot open the index {path}: {exc}") from exc
             raise
-        return cls(path, writer, thread, reader, busy_timeout=busy_timeout)
+        return cls(path, writer, reader, busy_timeout=busy_timeout)
 
     async def close(self) -> None:
-        """Write what is queued, stop the writer, close the connections. Idempotent."""
+        """Commit what is queued, close the connections; later writes get IndexUnavailable.
+        Idempotent."""
         if self._closed:
             return
-        self._closing = True
-        self._wakeup.set()
+        self._closed = True
+        with self._queue_lock:
+            self._closing = True
         try:
-            await self._writer_task
-        except asyncio.CancelledError:
-            # The writer was cancelled (event loop teardown) and has failed what it held; that is
-            # not a reason to cancel our caller, unless our caller is the one being cancelled.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+            await asyncio.to_thread(self._close_writer)
         finally:
-            self._closed = True
-            try:
-                # Queued behind any transaction still running on the thread.
-                await asyncio.get_running_loop().run_in_executor(
-                    self._writer_thread, self._writer_conn.close
-                )
-                self._writer_thread.shutdown(wait=False)
-            finally:
-                await self._reader.close()
-                await self._reads.close()
+            await self._reader.close()
+            await self._reads.close()
+
+    def _close_writer(self) -> None:
+        with self._commit_lock:
+            self._lead()  # whatever was queued before _closing was set
+            conn, self._writer_conn = self._writer_conn, None
+            if conn is not None:
+                conn.close()
 
     @property
     def stats(self) -> IndexStats:
         return IndexStats(self._transactions, self._failed, self._records)
 
     async def call_writer(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run fn(connection) on the writer's thread (for checks and tests, not for writes)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer_thread, fn, self._writer_conn)
+        """Run fn(write connection) under the commit lock (for checks and tests, not writes)."""
+
+        def call() -> _T:
+            with self._commit_lock:
+                if self._writer_conn is None:
+                    raise IndexUnavailable("the index is closed")
+                return fn(self._writer_conn)
+
+        return await asyncio.to_thread(call)
 
     # --- writes ----------------------------------------------------------------------------------
 
-    async def put(self, record: InstanceRecord, *, policy: Policy) -> PutResult:
-        """Index `record`; returns once the transaction that wrote it has committed."""
+    def put_blocking(self, record: InstanceRecord, *, policy: Policy) -> PutResult:
+        """Index `record` from a worker thread; returns once the transaction that wrote it has
+        committed. Never call it on the event loop: it waits for the disk."""
         if policy not in _POLICIES:
             raise ValueError(f"policy must be one of {sorted(_POLICIES)}, not {policy!r}")
-        future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Put(record, policy, future))
-        return await future
+        result: PutResult = self._submit(_Put(record, policy))
+        return result
+
+    def delete_blocking(self, sop_instance_uid: str) -> None:
+        """Remove the instance (if indexed) and any series, study, patient it leaves empty."""
+        self._submit(_Delete(sop_instance_uid))
+
+    async def put(self, record: InstanceRecord, *, policy: Policy) -> PutResult:
+        """put_blocking() for the event loop. Operations are queued in the order of the calls, so
+        puts gathered together share a transaction and keep their order."""
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be one of {sorted(_POLICIES)}, not {policy!r}")
+        op = _Put(record, policy)
+        self._enqueue(op)
+        result: PutResult = await asyncio.to_thread(self._wait, op)
+        return result
 
     async def delete(self, sop_instance_uid: str) -> None:
-        """Remove the instance (if indexed) and any series, study, patient it leaves empty."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Delete(sop_instance_uid, future))
-        await future
+        """delete_blocking() for the event loop (queued in call order, like put())."""
+        op = _Delete(sop_instance_uid)
+        self._enqueue(op)
+        await asyncio.to_thread(self._wait, op)
+
+    def _submit(self, op: _Op) -> Any:
+        self._enqueue(op)
+        return self._wait(op)
 
     def _enqueue(self, op: _Op) -> None:
-        if self._closing or self._writer_task.done():
-            raise IndexUnavailable("the index is closed")
-        self._queue.append(op)
-        self._wakeup.set()
+        with self._queue_lock:
+            if self._closing:
+                raise IndexUnavailable("the index is closed")
+            self._queue.append(op)
 
-    async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                while not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+    def _wait(self, op: _Op) -> Any:
+        """Lead commits until `op` is committed (by us or by another leader); its outcome."""
+        while op.outcome is None:
+            with self._commit_lock:
+                if op.outcome is None:
+                    self._lead()
+        result, error = op.outcome
+        if error is not None:
+            raise error
+        return result
+
+    def _lead(self) -> None:
+        """Commit what is queued, a batch at a time (the caller holds the commit lock)."""
+        while True:
+            with self._queue_lock:
+                if not self._queue:
+                    return
                 kind = type(self._queue[0])
                 batch: list[_Op] = []
                 while self._queue and len(batch) < BATCH_LIMIT and type(self._queue[0]) is kind:
                     batch.append(self._queue.popleft())
-                self._inflight = batch
-                running = loop.run_in_executor(self._writer_thread, self._run, batch)
-                try:
-                    await asyncio.shield(running)
-                except asyncio.CancelledError:
-                    # The transaction runs to its end on its thread whatever happens here: its
-                    # callers get what it did, not a guess (a commit reported as a failure would
-                    # have the store remove a file its committed row points at).
-                    running.add_done_callback(partial(_settle_batch, batch))
-                    self._inflight = []
-                    raise
-                _settle_batch(batch, running)
-                self._inflight = []
-        finally:
-            # Reached with work left only if this task was cancelled (event loop shutdown).
-            for op in [*self._inflight, *self._queue]:
-                _settle(op.future, error=IndexUnavailable("the index writer stopped"))
-            self._queue.clear()
-            self._inflight = []
+            if self._writer_conn is None:
+                outcomes: list[_Outcome] = [(None, IndexUnavailable("the index is closed"))] * len(
+                    batch
+                )
+            else:
+                outcomes = self._run(batch)
+            for op, outcome in zip(batch, outcomes, strict=True):
+                op.outcome = outcome
 
-    # --- on the writer thread --------------------------------------------------------------------
+    # --- under the commit lock -------------------------------------------------------------------
+
+    def _live_writer(self) -> sqlite3.Connection:
+        conn = self._writer_conn
+        if conn is None:
+            raise IndexUnavailable("the index is closed")
+        return conn
 
     def _run(self, batch: list[_Op]) -> list[_Outcome]:
-        """One transaction for the batch (writer thread); each op's result or error."""
+        """One transaction for the batch; each operation's result or error."""
         try:
             results = self._transaction(batch)
         except Exception as exc:
@@ -564,15 +558,16 @@ class Index:
         self._parent_rows.clear()
         self._forget_parents = False
         try:
-            if self._writer_conn.in_transaction:
-                self._writer_conn.execute("ROLLBACK")
+            conn = self._live_writer()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
         except Exception:
             # Some errors (SQLITE_FULL, IOERR) have rolled back already; a connection that
             # cannot even roll back will fail the next BEGIN, and that batch reports it.
             pass
 
     def _transaction(self, batch: list[_Op]) -> list[Any]:
-        conn = self._writer_conn
+        conn = self._live_writer()
         conn.execute("BEGIN IMMEDIATE")
         if isinstance(batch[0], _Put):
             results: list[Any] = self._put_batch([op for op in batch if isinstance(op, _Put)])
@@ -594,7 +589,7 @@ class Index:
         return results
 
     def _put_batch(self, ops: list[_Put]) -> list[PutResult]:
-        conn = self._writer_conn
+        conn = self._live_writer()
         records = [op.record for op in ops]
         found = conn.execute(
             _LOOKUP,
@@ -672,7 +667,7 @@ class Index:
 
     def _delete_batch(self, uids: list[str]) -> None:
         self._parent_rows.clear()  # deletes may remove parents: forget what was written
-        conn = self._writer_conn
+        conn = self._live_writer()
         found = conn.execute(_DELETE_LOOKUP, (_keys(uids),)).fetchall()
         old_pks: tuple[set[int], set[int], set[int]] = (set(), set(), set())
         for row in found:
@@ -691,7 +686,7 @@ class Index:
         self._pending_rows.clear()
         self._parent_rows.clear()
         self._forget_parents = True
-        conn = self._writer_conn
+        conn = self._live_writer()
         series_keys, study_keys, patient_keys = keys
         for sql, level_pks, level_keys in (
             (_DELETE_EMPTY_SERIES, pks[0], _keys(series_keys)),

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import pytest
@@ -35,6 +35,8 @@ from dicomd.storage.schema import (
     SchemaError,
     migrate,
 )
+
+T = TypeVar("T")
 
 INT_FIELDS = {"series_number", "instance_number", "number_of_frames", "rows", "columns"}
 
@@ -314,12 +316,12 @@ async def test_an_unknown_policy_is_refused(index: Index) -> None:
 
 async def test_the_same_instance_twice_in_one_batch(index: Index, db_path: Path) -> None:
     first, second = make_record(1), make_record(1, relpath="objects/second.dcm")
-    results = await asyncio.gather(
-        index.put(first, policy="keep"), index.put(second, policy="keep")
+    results = await in_one_batch(
+        index, index.put(first, policy="keep"), index.put(second, policy="keep")
     )
     assert results == [PutResult.INSERTED, PutResult.KEPT]
-    results = await asyncio.gather(
-        index.put(first, policy="replace"), index.put(second, policy="replace")
+    results = await in_one_batch(
+        index, index.put(first, policy="replace"), index.put(second, policy="replace")
     )
     assert results == [PutResult.REPLACED, PutResult.REPLACED]
     stored = await index.get("1.2.1.1.1")
@@ -346,7 +348,8 @@ async def test_higher_levels_refresh_from_the_newest_instance(index: Index, db_p
 
 
 async def test_within_a_batch_the_last_nonempty_value_wins(index: Index, db_path: Path) -> None:
-    await asyncio.gather(
+    await in_one_batch(
+        index,
         index.put(make_record(1, study_description="FIRST", study_id="S1"), policy="replace"),
         index.put(make_record(2, study_description="SECOND", study_id=""), policy="replace"),
         index.put(make_record(3, study_description="", study_id=""), policy="replace"),
@@ -396,10 +399,21 @@ async def test_a_series_moved_to_another_study_leaves_no_empty_study(
         assert scalar(conn, "SELECT patient_id FROM patient") == "P9"
 
 
+async def in_one_batch(index: Index, *calls: Awaitable[T]) -> list[T]:
+    """Run the calls with the commit lock held until all of them are queued: what happens when
+    they arrive while another transaction commits. They then share one transaction."""
+    with index._commit_lock:
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        await asyncio.sleep(0)  # each task runs to its first await: its operation is queued
+        assert len(index._queue) == len(calls)
+    return list(await asyncio.gather(*tasks))
+
+
 async def test_conflicting_parents_inside_one_batch_leave_nothing_empty(
     index: Index, db_path: Path
 ) -> None:
-    await asyncio.gather(
+    await in_one_batch(
+        index,
         index.put(make_record(1, study_instance_uid="1.2.7", patient_id="P7"), policy="replace"),
         index.put(make_record(2, study_instance_uid="1.2.8", patient_id="P8"), policy="replace"),
     )
@@ -426,7 +440,7 @@ async def test_delete_removes_empty_parents_only(index: Index, db_path: Path) ->
 async def test_concurrent_deletes_share_a_transaction(index: Index, db_path: Path) -> None:
     await asyncio.gather(*(index.put(make_record(n), policy="replace") for n in range(20)))
     before = index.stats.transactions
-    await asyncio.gather(*(index.delete(f"1.2.1.1.{n}") for n in range(20)))
+    await in_one_batch(index, *(index.delete(f"1.2.1.1.{n}") for n in range(20)))
     assert index.stats.transactions - before == 1
     assert table_counts(db_path) == (0, 0, 0, 0)
 
