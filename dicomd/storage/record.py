@@ -27,10 +27,10 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
@@ -124,7 +124,7 @@ class InstanceRecord:
 
 
 def record_from_dataset(
-    ds: Dataset,
+    dataset: Dataset | Callable[[], Dataset],
     *,
     transfer_syntax_uid: str,
     relpath: str,
@@ -141,8 +141,10 @@ def record_from_dataset(
 
     `raw`, when given, holds the same top-level elements undecoded (tag -> VR and value bytes, as
     `storage/scan.py` collects them): plain ASCII text and binary integers are then read from there
-    directly, a fraction of pydicom's cost per value, and everything else falls back to `ds`.
+    directly, a fraction of pydicom's cost per value, and everything else falls back to the
+    dataset, which may then be passed as a function that makes it: it is made only if needed.
     """
+    ds: Dataset = dataset if isinstance(dataset, Dataset) else cast(Dataset, _LazyDataset(dataset))
     charset = raw.get(0x00080005) if raw is not None else None
     if raw is None or (charset is not None and b"ISO_IR 13" in charset.value):
         # ISO_IR 13 (JIS X 0201) is the one character set whose G0 is not ASCII (0x5C is a yen sign).
@@ -164,7 +166,11 @@ def record_from_dataset(
         patient_birth_date=text("PatientBirthDate"),
         patient_birth_time=text("PatientBirthTime"),
         patient_sex=text("PatientSex"),
-        other_patient_ids=_other_patient_ids(ds),
+        other_patient_ids=(
+            text("OtherPatientIDs")
+            if raw is not None and _OTHER_PATIENT_IDS_SEQUENCE not in raw
+            else _other_patient_ids(ds)
+        ),
         ethnic_group=text("EthnicGroup"),
         patient_comments=text("PatientComments"),
         study_instance_uid=text("StudyInstanceUID"),
@@ -190,7 +196,11 @@ def record_from_dataset(
         protocol_name=text("ProtocolName"),
         operators_name=text("OperatorsName"),
         laterality=text("Laterality"),
-        request_attributes=_request_attributes(ds),
+        request_attributes=(
+            ""
+            if raw is not None and _REQUEST_ATTRIBUTES_SEQUENCE not in raw
+            else _request_attributes(ds)
+        ),
         sop_instance_uid=text("SOPInstanceUID"),
         sop_class_uid=text("SOPClassUID"),
         instance_number=integer("InstanceNumber"),
@@ -215,6 +225,29 @@ def record_from_dataset(
 
 
 # --- the raw fast path ---------------------------------------------------------------------------
+
+_OTHER_PATIENT_IDS_SEQUENCE: Final = 0x00101002
+_REQUEST_ATTRIBUTES_SEQUENCE: Final = 0x00400275
+
+
+class _LazyDataset:
+    """Stands for the Dataset a function makes, made on first use (the fast path rarely needs
+    it: a non-ASCII value, a sequence)."""
+
+    def __init__(self, make: Callable[[], Dataset]) -> None:
+        self._make = make
+        self._dataset: Dataset | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._dataset is None:
+            self._dataset = self._make()
+        return getattr(self._dataset, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.__getattr__("__getitem__")(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return bool(self.__getattr__("__contains__")(key))
 
 
 class RawValue(Protocol):
