@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import socket
 from collections.abc import Iterable
+from typing import BinaryIO
 
 from dicomd.dimse.fragments import fragment
 from dicomd.dimse.messages import Message, encode_command
@@ -25,6 +26,22 @@ COALESCE = 256 * 1024
 # Flush to the socket (and wait for the peer to read) every this many bytes of a large message, so
 # that sending a big dataset never holds more than this in our buffers.
 FLUSH_EVERY = 1024 * 1024
+
+
+def _open_and_read(source: FileSlice, size: int) -> tuple[BinaryIO | None, bytes]:
+    """(worker thread) The first `size` bytes of the slice, and the file left open for the rest
+    (None, closed, when that was all of it)."""
+    f = open(source.path, "rb")  # noqa: SIM115 - closed here, or by the caller after the rest
+    try:
+        f.seek(source.offset)
+        chunk = f.read(size)
+    except BaseException:
+        f.close()
+        raise
+    if size >= source.length:
+        f.close()
+        return None, chunk
+    return f, chunk
 
 
 class IdleTimeout(Exception):
@@ -150,21 +167,20 @@ class Channel:
 
     async def _send_file(self, context_id: int, source: FileSlice, max_pdu: int) -> None:
         """Stream a stored file's dataset: the next chunk is read (in a thread) while this one is
-        sent, so memory holds two chunks whatever the file's size, and the bytes go out as stored."""
-        f = await asyncio.to_thread(open, source.path, "rb")
+        sent, so memory holds two chunks whatever the file's size, and the bytes go out as stored.
+        A file of one chunk (most instances) costs one trip to a thread: open, read and close."""
+        first = min(FILE_CHUNK, source.length)
+        f, chunk = await asyncio.to_thread(_open_and_read, source, first)
         try:
-            await asyncio.to_thread(f.seek, source.offset)
-            remaining = source.length
-            pending = asyncio.ensure_future(asyncio.to_thread(f.read, min(FILE_CHUNK, remaining)))
+            remaining = source.length - len(chunk)
+            if len(chunk) < first:
+                raise OSError(f"{source.path} is shorter than its index entry")
             while True:
-                chunk = await pending
-                if len(chunk) < min(FILE_CHUNK, remaining):
-                    raise OSError(f"{source.path} is shorter than its index entry")
-                remaining -= len(chunk)
+                pending = None
                 if remaining:
-                    pending = asyncio.ensure_future(
-                        asyncio.to_thread(f.read, min(FILE_CHUNK, remaining))
-                    )
+                    assert f is not None
+                    size = min(FILE_CHUNK, remaining)
+                    pending = asyncio.ensure_future(asyncio.to_thread(f.read, size))
                 await self._send_fragments(
                     fragment(
                         context_id,
@@ -174,10 +190,15 @@ class Channel:
                         last=remaining == 0,
                     )
                 )
-                if not remaining:
+                if pending is None:
                     return
+                chunk = await pending
+                if len(chunk) < size:
+                    raise OSError(f"{source.path} is shorter than its index entry")
+                remaining -= len(chunk)
         finally:
-            await asyncio.to_thread(f.close)
+            if f is not None:
+                await asyncio.to_thread(f.close)
 
     async def _send_fragments(self, pdus: Iterable[PDataTF]) -> None:
         pending = 0

@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomd.config import Config, RemoteAE
 from dicomd.dimse import status
+from dicomd.net import channel
 from tests import dicomgen
 from tests.conftest import free_port, make_config, require_tool, run_runtime
 from tests.interop.test_echo_interop import background, run_tool
@@ -154,6 +155,25 @@ async def test_pynetdicom_c_get_levels_byte_identical(
     assert statuses[:-1] == [status.PENDING] * (len(expected) - 1)
     assert received == expected  # byte for byte, the datasets as they were sent
     assert final is not None and final.NumberOfCompletedSuboperations == len(expected)
+
+
+async def test_files_read_in_many_chunks_arrive_byte_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stored files are read a chunk at a time past FILE_CHUNK: make every file take that path.
+    monkeypatch.setattr(channel, "FILE_CHUNK", 1000)
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    study = str(uids(files[0]).StudyInstanceUID)
+    async with run_runtime() as (server, _runtime):
+        assert await asyncio.to_thread(_pynetdicom_store, server.port, files) == [0] * len(files)
+        statuses, received, _final = await asyncio.to_thread(
+            _pynetdicom_get,
+            server.port,
+            STUDY_ROOT_GET,
+            _identifier("STUDY", StudyInstanceUID=study),
+        )
+    assert statuses[-1] == status.SUCCESS
+    assert received == by_uid(files)
 
 
 async def test_c_get_cancel_in_the_middle(tmp_path: Path) -> None:
