@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any, Final
 
 from pydicom.charset import python_encoding
@@ -74,13 +75,21 @@ STATELESS_CHARSETS: Final = frozenset(
     }
 )
 
+# The codecs of those that represent every Unicode character (UTF-8, and GB 18030 by its
+# four-byte sequences): no need to try each value (a lone surrogate still fails the encoding,
+# and then the general builder answers the row).
+_EVERY_CHARACTER: Final = frozenset({python_encoding["ISO_IR 192"], python_encoding["GB18030"]})
+
 # Slot kinds of the layout.
 _FIXED: Final = 0  # bytes encoded once
 _CHARSET: Final = 1  # the Specific Character Set element, chosen per row
 _TEXT: Final = 2  # a text VR value from the row
 _OTHER: Final = 3  # a binary VR value from the row: the general element encoder
 
-_Slot = tuple[int, Any, Any, Any, Any]  # (kind, row index or bytes, header prefix, vr, length fmt)
+# (kind, row index or fixed bytes, header prefix (or tag for _OTHER), VR, length packer, padding,
+# largest length the header can carry)
+_Slot = tuple[int, Any, Any, str, Any, bytes, int]
+_NO_SLOT: Final = (None, b"", 0)
 
 
 class ResponseEncoder:
@@ -133,10 +142,11 @@ class ResponseEncoder:
             if output.source is Source.ROW:
                 self._texts.append(output.index)
                 if key.vr in _BINARY:
-                    slot: _Slot = (_OTHER, output.index, key.tag, key.vr, None)
+                    slot: _Slot = (_OTHER, output.index, key.tag, key.vr, *_NO_SLOT)
                 else:
-                    prefix, fmt = self._header_parts(key.tag, key.vr)
-                    slot = (_TEXT, output.index, prefix, key.vr, fmt)
+                    prefix, pack, limit = self._header_parts(key.tag, key.vr)
+                    pad = b"\x00" if key.vr == "UI" else b" "  # PS3.5 6.2: even length
+                    slot = (_TEXT, output.index, prefix, key.vr, pack, pad, limit)
                 elements.append((key.tag, slot))
                 continue
             value = output.constant if output.source is Source.CONSTANT else None
@@ -148,7 +158,7 @@ class ResponseEncoder:
         )
         elements.append((RETRIEVE_AE_TITLE, self._fixed(RETRIEVE_AE_TITLE, "AE", self._ae_title)))
         constants += [self._query.level.name, self._ae_title]
-        elements.append((SPECIFIC_CHARACTER_SET, (_CHARSET, None, None, None, None)))
+        elements.append((SPECIFIC_CHARACTER_SET, (_CHARSET, None, None, "CS", *_NO_SLOT)))
         elements.sort(key=lambda e: e[0])
         self._slots = [slot for _tag, slot in elements]
         # A non-ASCII constant (an AE title) would make the charset choice depend on it: leave
@@ -157,7 +167,7 @@ class ResponseEncoder:
 
     def _fixed(self, tag: int, vr: str, value: str | None) -> _Slot:
         data = _encode_simple(_Simple(tag, vr, value), self._implicit, self._little, ["iso8859"])
-        return (_FIXED, data, None, None, None)
+        return (_FIXED, data, None, vr, *_NO_SLOT)
 
     def _charset_element(self, charsets: tuple[str, ...]) -> bytes:
         if not charsets:
@@ -169,15 +179,17 @@ class ResponseEncoder:
             ["iso8859"],
         )
 
-    def _header_parts(self, tag: int, vr: str) -> tuple[bytes, str]:
-        """The header's bytes before the value length, and the length's struct format."""
+    def _header_parts(self, tag: int, vr: str) -> tuple[bytes, Callable[[int], bytes], int]:
+        """The header's bytes before the value length, the length's packer, its largest value
+        (PS3.5 7.1.1-7.1.3: explicit VRs with a 2-byte length, or reserved bytes and 4)."""
         order = "<" if self._little else ">"
         tag_bytes = struct.pack(f"{order}HH", tag >> 16, tag & 0xFFFF)
+        long = struct.Struct(f"{order}I").pack
         if self._implicit:
-            return tag_bytes, f"{order}I"
+            return tag_bytes, long, 0xFFFFFFFF
         if vr in _LONG_VRS:
-            return tag_bytes + vr.encode() + b"\x00\x00", f"{order}I"
-        return tag_bytes + vr.encode(), f"{order}H"
+            return tag_bytes + vr.encode() + b"\x00\x00", long, 0xFFFFFFFF
+        return tag_bytes + vr.encode(), struct.Struct(f"{order}H").pack, 0xFFFF
 
     # -- encoding --------------------------------------------------------------------------------
 
@@ -199,50 +211,75 @@ class ResponseEncoder:
         )
 
     def _encode(self, row: tuple[Any, ...]) -> bytes | None:
-        codec = "ascii"
-        charset = self._ascii_charset
         for i in self._texts:
             value = row[i]
-            if isinstance(value, str) and not value.isascii():
+            if value.__class__ is str and not value.isascii():
                 chosen = self._choose(row)
                 if chosen is None:
                     return None
-                codec, charset = chosen
-                break
+                return self._encode_in(row, *chosen)
+        # Every value ASCII: str.encode() of each, no charset decision to make.
         out: list[bytes] = []
         append = out.append
-        for kind, ref, prefix, vr, fmt in self._slots:
-            if kind == _FIXED:
-                append(ref)
-                continue
-            if kind == _CHARSET:
-                append(charset)
-                continue
-            value = row[ref]
-            if kind == _OTHER:  # prefix is the tag here
-                append(_encode_simple(_Simple(prefix, vr, value), *self._binary))
-                continue
-            if value is None or value == "":
-                data = b""
-            else:
-                text = value if isinstance(value, str) else str(value)
-                if text.isascii() or vr not in _CHARSET_VRS:
-                    data = text.encode("ascii", errors="replace")
-                elif vr == "PN":
-                    # PersonName.encode drops empty trailing component groups (PS3.5 6.2.1.1)
-                    names = text.split("\\")
-                    if any(name.count("=") > 2 for name in names):
-                        return None  # more than three component groups: not a valid PN
-                    data = "\\".join(name.rstrip("=") for name in names).encode(codec)
+        for kind, ref, prefix, vr, pack, pad, limit in self._slots:
+            if kind == _TEXT:
+                value = row[ref]
+                if value is None or value == "":
+                    data = b""
                 else:
-                    data = text.encode(codec)
-            if len(data) & 1:
-                data += b"\x00" if vr == "UI" else b" "
-            if fmt[1] == "H" and len(data) > 0xFFFF:
-                return None
-            append(prefix)
-            append(struct.pack(fmt, len(data)))
-            append(data)
+                    data = (value if value.__class__ is str else str(value)).encode()
+                    if len(data) & 1:
+                        data += pad
+                    elif len(data) > limit:
+                        return None
+                append(prefix)
+                append(pack(len(data)))
+                append(data)
+            elif kind == _FIXED:
+                append(ref)
+            elif kind == _CHARSET:
+                append(self._ascii_charset)
+            else:  # _OTHER: prefix holds the tag
+                append(_encode_simple(_Simple(prefix, vr, row[ref]), *self._binary))
+        return self._finish(out)
+
+    def _encode_in(self, row: tuple[Any, ...], codec: str, charset: bytes) -> bytes | None:
+        """A row with a non-ASCII value, in `codec` (its Specific Character Set: `charset`)."""
+        out: list[bytes] = []
+        append = out.append
+        for kind, ref, prefix, vr, pack, pad, limit in self._slots:
+            if kind == _TEXT:
+                value = row[ref]
+                if value is None or value == "":
+                    data = b""
+                else:
+                    text = value if value.__class__ is str else str(value)
+                    if text.isascii() or vr not in _CHARSET_VRS:
+                        data = text.encode("ascii", errors="replace")
+                    elif vr == "PN":
+                        # PersonName.encode drops empty trailing component groups (PS3.5 6.2.1.1)
+                        names = text.split("\\")
+                        if any(name.count("=") > 2 for name in names):
+                            return None  # more than three component groups: not a valid PN
+                        data = "\\".join(name.rstrip("=") for name in names).encode(codec)
+                    else:
+                        data = text.encode(codec)
+                    if len(data) & 1:
+                        data += pad
+                    if len(data) > limit:
+                        return None
+                append(prefix)
+                append(pack(len(data)))
+                append(data)
+            elif kind == _FIXED:
+                append(ref)
+            elif kind == _CHARSET:
+                append(charset)
+            else:
+                append(_encode_simple(_Simple(prefix, vr, row[ref]), *self._binary))
+        return self._finish(out)
+
+    def _finish(self, out: list[bytes]) -> bytes:
         result = b"".join(out)
         if self._deflate:
             compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
@@ -252,8 +289,10 @@ class ResponseEncoder:
     def _choose(self, row: tuple[Any, ...]) -> tuple[str, bytes] | None:
         """(codec, Specific Character Set element) for a row with a non-ASCII value; None when
         the general builder must answer it."""
-        values = [row[i] for i in self._texts if isinstance(row[i], str)]
+        if self._query_codec in _EVERY_CHARACTER:
+            return self._query_codec, self._query_charset
         if self._query_codec is not None:
+            values = [row[i] for i in self._texts if isinstance(row[i], str)]
             try:
                 for value in values:
                     value.encode(self._query_codec)

@@ -119,7 +119,13 @@ class FindService:
             await final(e.code, e.comment, e.offending)
             return
         log.debug("c_find_plan", level=query.level.name, sql=plan.sql, params=plan.params)
-        pending = status.PENDING_WARNING if plan.unsupported else status.PENDING
+        # Every pending response has the same command: one (frozen) message for all of them.
+        pending_rsp = CFindRSP(
+            command.message_id,
+            command.affected_sop_class_uid,
+            status.PENDING_WARNING if plan.unsupported else status.PENDING,
+            has_dataset=True,
+        )
         encode = ResponseEncoder(
             query,
             plan,
@@ -147,15 +153,7 @@ class FindService:
                             )
                             return
                         identifier = encode(row)
-                        await responder.respond(
-                            CFindRSP(
-                                command.message_id,
-                                command.affected_sop_class_uid,
-                                pending,
-                                has_dataset=True,
-                            ),
-                            identifier,
-                        )
+                        await responder.respond(pending_rsp, identifier)
                         sent += 1
                         if sent % YIELD_EVERY == 0:
                             # respond() does not yield while the socket takes the bytes: yield now
