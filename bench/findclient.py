@@ -10,8 +10,9 @@ when thousands of responses stream.
 So: the association is negotiated with dicomd's pure PS3.8 codec (dicomd.ul.pdu: an
 A-ASSOCIATE-RQ proposing Study Root FIND in Explicit and Implicit VR Little Endian, our maximum PDU
 of 256 KiB, TCP_NODELAY), each query's identifier is encoded once before timing, and a query is one
-write of its C-FIND-RQ P-DATA-TF PDUs (dicomd.dimse codecs); then the responses are read PDU by PDU
-with a minimal walk over the PDV items: data set fragments are counted and skipped, and of each
+write of its C-FIND-RQ P-DATA-TF PDUs (dicomd.dimse codecs); then the responses are read in chunks of
+whatever has arrived (one read for many small responses, not two awaits per PDU) and walked PDU by
+PDU with a minimal walk over the PDV items: data set fragments are counted and skipped, and of each
 command set only Status (0000,0900), Command Data Set Type (0000,0800) and Message ID Being Responded
 To (0000,0120) are read. A query's latency runs from the write of the request to the arrival of the
 whole final response; the arrival of the first whole response is recorded too. One association,
@@ -59,6 +60,7 @@ _ELEMENT: Final = struct.Struct("<HHL")  # Implicit VR LE: group, element, value
 _P_DATA_TF, _RELEASE_RQ, _RELEASE_RP, _ABORT = 0x04, 0x05, 0x06, 0x07
 _RELEASE_BODY: Final = b"\x00\x00\x00\x00"
 _NO_DATA_SET: Final = 0x0101  # (0000,0800) Command Data Set Type: no data set
+_READ: Final = 1024 * 1024  # bytes asked of the socket at once
 
 
 class FindFailed(Exception):
@@ -106,6 +108,7 @@ class FindClient:
         self._implicit = implicit
         self._peer_max_pdu = peer_max_pdu
         self._message_id = 0
+        self._buffer = bytearray()  # received, not yet parsed (a final response ends a query)
 
     @classmethod
     async def open(
@@ -172,6 +175,7 @@ class FindClient:
     async def find(self, identifier: bytes) -> FindResult:
         message_id, request = self._request(identifier)
         reader = self._reader
+        buffer = self._buffer
         started = time.perf_counter()
         self._writer.write(request)
         first: float | None = None
@@ -180,17 +184,33 @@ class FindClient:
         command_done = False  # the current message's command set is complete
         code = dataset_type = -1
         comment = ""
+        start = 0  # of the next PDU in buffer
         while True:
-            kind, body = await _read_pdu(reader)
+            # Whole PDUs first; then one read of whatever has arrived (many responses at once).
+            if (
+                len(buffer) - start < 6
+                or len(buffer) - start < 6 + _HEADER.unpack_from(buffer, start)[1]
+            ):
+                del buffer[:start]
+                start = 0
+                chunk = await reader.read(_READ)
+                if not chunk:
+                    raise FindFailed("the server closed the connection")
+                buffer += chunk
+                continue
+            kind, length = _HEADER.unpack_from(buffer, start)
+            body_start, start = start + 6, start + 6 + length
+            if kind == _ABORT:
+                raise FindFailed("the server aborted the association")
             if kind != _P_DATA_TF:
                 raise FindFailed(f"PDU type {kind:#04x} while waiting for C-FIND responses")
-            offset, end = 0, len(body)
-            while offset < end:
-                length, _context, header = _PDV.unpack_from(body, offset)
-                data_start, offset = offset + 6, offset + 4 + length
+            offset = body_start
+            while offset < start:
+                item_length, _context, header = _PDV.unpack_from(buffer, offset)
+                data_start, offset = offset + 6, offset + 4 + item_length
                 last = header & 0x02
                 if header & 0x01:  # command fragment
-                    command += body[data_start:offset]
+                    command += buffer[data_start:offset]
                     if not last:
                         continue
                     code, dataset_type, responded, comment = _command_fields(bytes(command))
@@ -213,6 +233,7 @@ class FindClient:
                 if code != status.SUCCESS:
                     detail = f" ({comment})" if comment else ""
                     raise FindFailed(f"C-FIND status {code:04X}{detail}")
+                del buffer[:start]
                 return FindResult(first, now - started, matches, code)
 
     async def close(self) -> None:
