@@ -395,6 +395,9 @@ class AcceptorAssociation:
         # worker has died (its writes timed out): then nothing will take the request, and the
         # association ends instead of waiting forever.
         worker = self._worker
+        if worker is not None and not worker.done() and not self._queue.full():
+            self._queue.put_nowait((request, op))  # the usual case: the worker is waiting
+            return
         put = asyncio.ensure_future(self._queue.put((request, op)))
         if worker is None:
             await put
