@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from dicomd.dimse.fragments import fragment
+from dicomd.dimse.fragments import encoded_fragments, fragment
 from dicomd.dimse.messages import Message, encode_command
 from dicomd.services.base import FileSlice
 from dicomd.ul.connection import Connection, ConnectionEvent, NeedData
@@ -111,7 +111,7 @@ class Channel:
         if chunks:
             await self._write(chunks)
 
-    async def _write(self, chunks: Iterable[bytes]) -> None:
+    async def _write(self, chunks: Iterable[bytes | memoryview]) -> None:
         if self._writer.is_closing():
             return
         self._writer.writelines(chunks)
@@ -181,15 +181,17 @@ class Channel:
                     assert f is not None
                     size = min(FILE_CHUNK, remaining)
                     pending = asyncio.ensure_future(asyncio.to_thread(f.read, size))
-                await self._send_fragments(
-                    fragment(
+                # Up to FILE_CHUNK (= FLUSH_EVERY) bytes queued, then written and drained.
+                self.connection.send_encoded_data(
+                    encoded_fragments(
                         context_id,
                         chunk,
                         is_command=False,
                         max_pdu_length=max_pdu,
-                        last=remaining == 0,
+                        last=not remaining,
                     )
                 )
+                await self.flush()
                 if pending is None:
                     return
                 chunk = await pending

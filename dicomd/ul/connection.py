@@ -161,7 +161,7 @@ class Connection:
         self._reader = PDUReader(max(max_pdu_length, ASSOCIATION_PDU_LIMIT))
         self._max_pdu_length = max_pdu_length
         self._events: deque[ConnectionEvent] = deque()
-        self._outbox: list[bytes] = []
+        self._outbox: list[bytes | memoryview] = []
         self._pending_request: AssociateRQ | None = None
         self._transport_closed = False
         self._discard_input = False
@@ -205,6 +205,16 @@ class Connection:
     def send_data(self, pdu: PDataTF) -> None:
         self._fire(Event.EVT9, pdu=pdu)
 
+    def send_encoded_data(self, pieces: list[bytes | memoryview]) -> None:
+        """P-DATA-TF PDUs already encoded (dimse.fragments.encoded_fragments: a stored file's
+        hundreds of PDUs without an object each). Evt9 sends a P-DATA-TF in Sta6 (DT-1) and Sta8
+        (AR-7) alike and changes no state (PS3.8 Table 9-10); anywhere else it is refused as
+        send_data() refuses it."""
+        if self.state is not State.STA6 and self.state is not State.STA8:
+            self._fire(Event.EVT9)  # raises LocalProtocolError: not a valid local event here
+            raise LocalProtocolError(f"P-DATA in {self.state}")  # pragma: no cover
+        self._outbox.extend(pieces)
+
     def release(self) -> None:
         self._fire(Event.EVT11)
 
@@ -245,7 +255,7 @@ class Connection:
                 return NEED_DATA
         return self._events.popleft()
 
-    def data_to_send(self) -> list[bytes]:
+    def data_to_send(self) -> list[bytes | memoryview]:
         out, self._outbox = self._outbox, []
         return out
 

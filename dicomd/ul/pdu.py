@@ -50,6 +50,7 @@ _ASSOCIATE_FIXED = Struct(">H2x16s16s32x")
 # PDV item (PS3.8 Table 9-23): 1-4 Item-length (counts from byte 5), 5 Presentation-context-ID,
 # then the Presentation-data-value whose first byte is the message control header (Annex E.2).
 _PDV_HEAD = Struct(">LBB")
+PDV_HEAD = _PDV_HEAD  # for encoders of P-DATA-TF outside this module (dimse/fragments.py)
 _PDV_OVERHEAD = _PDV_HEAD.size - 4  # bytes counted by Item-length besides the data
 # A-ASSOCIATE-RJ (Table 9-21): 7 reserved, 8 Result, 9 Source, 10 Reason/Diag.
 _REJECT = Struct(">xBBB")

@@ -15,6 +15,7 @@ from dicomd.dimse.fragments import (
     CommandReceived,
     DatasetFragment,
     MessageAssembler,
+    encoded_fragments,
     fragment,
 )
 from dicomd.dimse.messages import (
@@ -132,6 +133,35 @@ def test_fragment_checks_arguments_at_the_call(
 ) -> None:
     with pytest.raises(LocalProtocolError, match=match):
         fragment(context_id, b"x", is_command=True, max_pdu_length=max_pdu_length)  # no next()
+
+
+@given(
+    st.sampled_from([0, 7, 8, 100, 16384]),
+    st.integers(0, 40_000),
+    st.booleans(),
+    st.booleans(),
+    st.integers(1, 255),
+)
+def test_encoded_fragments_are_the_bytes_of_fragment(
+    max_pdu_length: int, size: int, is_command: bool, last: bool, context_id: int
+) -> None:
+    data = bytes(i % 251 for i in range(size))
+    expected = b"".join(
+        encode(pdu)
+        for pdu in fragment(
+            context_id, data, is_command=is_command, max_pdu_length=max_pdu_length, last=last
+        )
+    )
+    pieces = encoded_fragments(
+        context_id, data, is_command=is_command, max_pdu_length=max_pdu_length, last=last
+    )
+    assert b"".join(pieces) == expected
+
+
+@pytest.mark.parametrize(("context_id", "max_pdu_length"), [(0, 100), (256, 100), (1, 6)])
+def test_encoded_fragments_check_arguments(context_id: int, max_pdu_length: int) -> None:
+    with pytest.raises(LocalProtocolError):
+        encoded_fragments(context_id, b"x", is_command=False, max_pdu_length=max_pdu_length)
 
 
 # --- MessageAssembler: well-formed traffic -------------------------------------------------------

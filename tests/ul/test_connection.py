@@ -34,7 +34,16 @@ from dicomd.ul.items import (
     PresentationContextRQ,
     UserInformation,
 )
-from dicomd.ul.pdu import PDV, Abort, AssociateAC, AssociateRJ, AssociateRQ, PDataTF, decode
+from dicomd.ul.pdu import (
+    PDV,
+    Abort,
+    AssociateAC,
+    AssociateRJ,
+    AssociateRQ,
+    PDataTF,
+    decode,
+    encode,
+)
 
 RQ = AssociateRQ(
     called_ae_title="ACCEPTOR",
@@ -108,7 +117,7 @@ def test_whole_lifetime(byte_by_byte: bool) -> None:
     assert transfer(acc, req, byte_by_byte=byte_by_byte) == [AssociationAccepted(AC)]
     assert req.state is State.STA6
     req.send_data(DATA)
-    acc.send_data(DATA)
+    acc.send_encoded_data([memoryview(encode(DATA))])  # the same PDU, encoded beforehand
     assert transfer(req, acc, byte_by_byte=byte_by_byte) == [DataReceived(DATA)]
     assert transfer(acc, req, byte_by_byte=byte_by_byte) == [DataReceived(DATA)]
     req.release()
@@ -256,6 +265,9 @@ def test_local_misuse_is_a_local_protocol_error() -> None:
     acc.connection_made()
     with pytest.raises(LocalProtocolError):
         acc.send_data(DATA)
+    with pytest.raises(LocalProtocolError):
+        acc.send_encoded_data([b"\x04\x00"])
+    assert acc.data_to_send() == []
     with pytest.raises(LocalProtocolError):
         acc.release()
 
