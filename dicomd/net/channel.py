@@ -170,7 +170,12 @@ class Channel:
         sent, so memory holds two chunks whatever the file's size, and the bytes go out as stored.
         A file of one chunk (most instances) costs one trip to a thread: open, read and close."""
         first = min(FILE_CHUNK, source.length)
-        f, chunk = await asyncio.to_thread(_open_and_read, source, first)
+        f: BinaryIO | None
+        if source.data is not None and len(source.data) == source.length:
+            f, chunk = None, source.data  # read already, by whoever made the slice
+            first = source.length
+        else:
+            f, chunk = await asyncio.to_thread(_open_and_read, source, first)
         try:
             remaining = source.length - len(chunk)
             if len(chunk) < first:

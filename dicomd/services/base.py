@@ -19,11 +19,15 @@ from dicomd.ul.negotiation import AcceptedContext, ProposedContext
 
 @dataclass(frozen=True, slots=True)
 class FileSlice:
-    """A dataset to send that lives in a file (a stored instance): streamed, never loaded whole."""
+    """A dataset to send that lives in a file (a stored instance): streamed, never loaded whole.
+
+    `data`, when set, is the slice's bytes already read (a small file, read whole in the same trip
+    to a thread that found its dataset offset): the sender then does not open the file again."""
 
     path: Path
     offset: int
     length: int
+    data: bytes | None = None
 
 
 # What a DIMSE message carries as its dataset: nothing, bytes in memory, or a stored file's tail.

@@ -13,8 +13,8 @@ was accepted; that is also what makes a retrieved dataset byte-identical to the 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
+import os
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -509,11 +509,23 @@ def _proposals(targets: Sequence[Target]) -> list[ProposedContext]:
     return contexts[:128]
 
 
+# A stored file up to this size is read whole where its dataset offset is found: one trip to a
+# thread per sub-operation. Larger ones are streamed by the sender, a chunk at a time.
+PRELOAD = 1 << 20
+
+
 def _file_slice(path: Path) -> FileSlice:
-    """The dataset part of a stored Part 10 file (after the File Meta group, PS3.10 7.1)."""
+    """The dataset part of a stored Part 10 file (after the File Meta group, PS3.10 7.1); read
+    at once when the file is at most PRELOAD bytes (most instances), else left to be streamed."""
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= PRELOAD:
+            whole = f.read()
+            offset = dataset_offset(whole[:PART10_HEAD])
+            if len(whole) != size:
+                raise OSError(f"{path} changed while being read")
+            return FileSlice(path, offset, size - offset, whole[offset:])
         head = f.read(PART10_HEAD)
-        size = f.seek(0, io.SEEK_END)
     offset = dataset_offset(head)
     return FileSlice(path, offset, size - offset)
 

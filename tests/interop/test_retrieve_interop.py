@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from dicomd.config import Config, RemoteAE
 from dicomd.dimse import status
 from dicomd.net import channel
+from dicomd.services import retrieve
 from tests import dicomgen
 from tests.conftest import free_port, make_config, require_tool, run_runtime
 from tests.interop.test_echo_interop import background, run_tool
@@ -160,7 +161,9 @@ async def test_pynetdicom_c_get_levels_byte_identical(
 async def test_files_read_in_many_chunks_arrive_byte_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Stored files are read a chunk at a time past FILE_CHUNK: make every file take that path.
+    # Files past PRELOAD are streamed by the sender, a FILE_CHUNK at a time: make every file
+    # take that path.
+    monkeypatch.setattr(retrieve, "PRELOAD", 0)
     monkeypatch.setattr(channel, "FILE_CHUNK", 1000)
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     study = str(uids(files[0]).StudyInstanceUID)
