@@ -230,7 +230,7 @@ class ResponseEncoder:
                     data = (value if value.__class__ is str else str(value)).encode()
                     if len(data) & 1:
                         data += pad
-                    elif len(data) > limit:
+                    if len(data) > limit:
                         return None
                 append(prefix)
                 append(pack(len(data)))
