@@ -133,28 +133,16 @@ class _Source:
         buf, rel = self.window(pos, n)
         return buf[rel : rel + n]
 
-
-class _Memory:
-    """[start, end) of a dataset held in memory whole (a small instance): no window to manage."""
-
-    def __init__(self, data: bytes, start: int, end: int) -> None:
-        self._data = data
-        self.start = start
-        self.end = end
-
-    def window(self, pos: int, n: int) -> tuple[bytes, int]:
-        if pos < self.start or pos + n > self.end:
-            raise ScanError(f"element runs past the end of the dataset (offset {pos - self.start})")
-        return self._data, pos
-
-    def read(self, pos: int, n: int) -> bytes:
-        if pos < self.start or pos + n > self.end:
-            raise ScanError(f"element runs past the end of the dataset (offset {pos - self.start})")
-        return self._data[pos : pos + n]
+    @classmethod
+    def holding(cls, data: bytes) -> _Source:
+        """All of `data`, already in memory: the window is the whole of it, nothing is read."""
+        source = cls(io.BytesIO(data), 0, len(data))
+        source._buf = data
+        return source
 
 
 class _Walker:
-    def __init__(self, src: _Source | _Memory, *, implicit: bool, little: bool) -> None:
+    def __init__(self, src: _Source, *, implicit: bool, little: bool) -> None:
         self.src = src
         self.implicit = implicit
         e = "<" if little else ">"
@@ -291,30 +279,20 @@ def _implicit_vr(tag: int) -> str:
 def scan(f: BinaryIO, start: int, end: int, transfer_syntax_uid: str) -> Scanned:
     """Walk the dataset in f[start:end], encoded in `transfer_syntax_uid`."""
     if transfer_syntax_uid == DEFLATED:
-        data = _inflate(f, start, end)
-        return _scan(io.BytesIO(data), 0, len(data), implicit=False, little=True, ts=EXPLICIT_VR_LE)
-    implicit = transfer_syntax_uid == IMPLICIT_VR_LE
-    little = transfer_syntax_uid != EXPLICIT_VR_BE
-    return _scan(f, start, end, implicit=implicit, little=little, ts=transfer_syntax_uid)
+        return scan_bytes(_inflate(f, start, end), EXPLICIT_VR_LE)
+    return _walk(_Source(f, start, end), start, end, transfer_syntax_uid)
 
 
 def scan_bytes(data: bytes | bytearray, transfer_syntax_uid: str) -> Scanned:
     """Walk a dataset held in memory, encoded in `transfer_syntax_uid` (same result as scan())."""
     if transfer_syntax_uid == DEFLATED:
         return scan(io.BytesIO(data), 0, len(data), transfer_syntax_uid)
-    implicit = transfer_syntax_uid == IMPLICIT_VR_LE
-    little = transfer_syntax_uid != EXPLICIT_VR_BE
-    source = _Memory(bytes(data), 0, len(data))
-    return _walk(source, 0, len(data), implicit=implicit, little=little, ts=transfer_syntax_uid)
+    return _walk(_Source.holding(bytes(data)), 0, len(data), transfer_syntax_uid)
 
 
-def _scan(f: BinaryIO, start: int, end: int, *, implicit: bool, little: bool, ts: str) -> Scanned:
-    return _walk(_Source(f, start, end), start, end, implicit=implicit, little=little, ts=ts)
-
-
-def _walk(
-    src: _Source | _Memory, start: int, end: int, *, implicit: bool, little: bool, ts: str
-) -> Scanned:
+def _walk(src: _Source, start: int, end: int, ts: str) -> Scanned:
+    implicit = ts == IMPLICIT_VR_LE
+    little = ts != EXPLICIT_VR_BE
     walker = _Walker(src, implicit=implicit, little=little)
     elements: dict[int, Element] = {}
     blob: list[bytes] = []
