@@ -28,8 +28,8 @@ from dicomd.dimse.messages import (
     decode_command,
     has_dataset,
 )
-from dicomd.ul.codes import AbortReason, LocalProtocolError, PDUType, RemoteProtocolError
-from dicomd.ul.pdu import PDU_HEADER, PDV, PDV_HEAD, PDataTF
+from dicomd.ul.codes import AbortReason, LocalProtocolError, RemoteProtocolError
+from dicomd.ul.pdu import PDV, PDataTF, p_data_head
 
 __all__ = [
     "UNLIMITED_CHUNK",
@@ -90,12 +90,16 @@ def _chunk_size(context_id: int, max_pdu_length: int) -> int:
 def _fragments(
     context_id: int, view: memoryview, kind: int, chunk: int, last: bool
 ) -> Iterator[PDataTF]:
-    total = len(view)
+    for start, end, header in _cuts(len(view), kind, chunk, last):
+        yield PDataTF((PDV(context_id, header, bytes(view[start:end])),))
+
+
+def _cuts(total: int, kind: int, chunk: int, last: bool) -> Iterator[tuple[int, int, int]]:
+    """(start, end, message control header) of each PDV of `total` bytes; at least one."""
     offset = 0
     while True:
         end = min(offset + chunk, total)
-        header = kind | (_LAST_BIT if end == total and last else 0)
-        yield PDataTF((PDV(context_id, header, bytes(view[offset:end])),))
+        yield offset, end, kind | (_LAST_BIT if end == total and last else 0)
         if end == total:
             return
         offset = end
@@ -115,24 +119,12 @@ def encoded_fragments(
     pieces: list[bytes | memoryview] = []
     if not last and not data:
         return pieces
-    kind = _COMMAND_BIT if is_command else 0
     view = memoryview(data).cast("B")
-    total = len(view)
-    pack_pdu, pack_pdv = PDU_HEADER.pack, PDV_HEAD.pack
-    offset = 0
-    while True:
-        end = min(offset + chunk, total)
-        size = end - offset
-        header = kind | (_LAST_BIT if end == total and last else 0)
-        pieces.append(
-            pack_pdu(PDUType.P_DATA_TF, size + PDV_HEAD.size)
-            # PS3.8 9.3.5.1: the Item-length counts the context id and header bytes, and the data
-            + pack_pdv(size + 2, context_id, header)
-        )
-        pieces.append(view[offset:end])
-        if end == total:
-            return pieces
-        offset = end
+    kind = _COMMAND_BIT if is_command else 0
+    for start, end, header in _cuts(len(view), kind, chunk, last):
+        pieces.append(p_data_head(context_id, header, end - start))
+        pieces.append(view[start:end])
+    return pieces
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,6 @@ _ASSOCIATE_FIXED = Struct(">H2x16s16s32x")
 # PDV item (PS3.8 Table 9-23): 1-4 Item-length (counts from byte 5), 5 Presentation-context-ID,
 # then the Presentation-data-value whose first byte is the message control header (Annex E.2).
 _PDV_HEAD = Struct(">LBB")
-PDV_HEAD = _PDV_HEAD  # for encoders of P-DATA-TF outside this module (dimse/fragments.py)
 _PDV_OVERHEAD = _PDV_HEAD.size - 4  # bytes counted by Item-length besides the data
 # A-ASSOCIATE-RJ (Table 9-21): 7 reserved, 8 Result, 9 Source, 10 Reason/Diag.
 _REJECT = Struct(">xBBB")
@@ -313,6 +312,14 @@ def _encode_associate(pdu_type: PDUType, pdu: AssociateRQ | AssociateAC) -> byte
         ]
     )
     return PDU_HEADER.pack(pdu_type, len(body)) + body
+
+
+def p_data_head(context_id: int, message_control_header: int, size: int) -> bytes:
+    """The bytes before the data of a P-DATA-TF PDU holding one PDV of `size` data bytes: what
+    encode() writes for it (PS3.8 Table 9-22 and 9-23), for senders that keep the data apart."""
+    return PDU_HEADER.pack(PDUType.P_DATA_TF, size + _PDV_HEAD.size) + _PDV_HEAD.pack(
+        size + _PDV_OVERHEAD, context_id, message_control_header
+    )
 
 
 def _encode_p_data(pdu: PDataTF) -> bytes:
