@@ -29,12 +29,12 @@ FLUSH_EVERY = 1024 * 1024
 
 
 def _open_and_read(source: FileSlice, size: int) -> tuple[BinaryIO | None, bytes]:
-    """(worker thread) The first `size` bytes of the slice, and the file left open for the rest
+    """(worker thread) Up to `size` first bytes of the slice, and the file left open for the rest
     (None, closed, when that was all of it)."""
     f = open(source.path, "rb")  # noqa: SIM115 - closed here, or by the caller after the rest
     try:
         f.seek(source.offset)
-        chunk = f.read(size)
+        chunk = f.read(min(size, source.length))
     except BaseException:
         f.close()
         raise
@@ -169,16 +169,14 @@ class Channel:
         """Stream a stored file's dataset: the next chunk is read (in a thread) while this one is
         sent, so memory holds two chunks whatever the file's size, and the bytes go out as stored.
         A file of one chunk (most instances) costs one trip to a thread: open, read and close."""
-        first = min(FILE_CHUNK, source.length)
         f: BinaryIO | None
-        if source.data is not None and len(source.data) == source.length:
-            f, chunk = None, source.data  # read already, by whoever made the slice
-            first = source.length
+        if source.data is not None:
+            f, chunk = None, source.data  # read whole already, by whoever made the slice
         else:
-            f, chunk = await asyncio.to_thread(_open_and_read, source, first)
+            f, chunk = await asyncio.to_thread(_open_and_read, source, FILE_CHUNK)
         try:
             remaining = source.length - len(chunk)
-            if len(chunk) < first:
+            if len(chunk) < min(FILE_CHUNK, source.length):
                 raise OSError(f"{source.path} is shorter than its index entry")
             while True:
                 pending = None

@@ -19,10 +19,10 @@ from dicomd.ul.negotiation import AcceptedContext, ProposedContext
 
 @dataclass(frozen=True, slots=True)
 class FileSlice:
-    """A dataset to send that lives in a file (a stored instance): streamed, never loaded whole.
+    """A dataset to send that lives in a file (a stored instance): streamed a chunk at a time.
 
-    `data`, when set, is the slice's bytes already read (a small file, read whole in the same trip
-    to a thread that found its dataset offset): the sender then does not open the file again."""
+    `data`, when set, is all of the slice's bytes, read already (a small file, read whole in the
+    trip to a thread that found its dataset offset): the sender then does not open the file."""
 
     path: Path
     offset: int
