@@ -72,8 +72,6 @@ class SpoolSink:
         self.received = 0
         # The whole dataset, when it reached the spool in a single write: scanned from memory.
         self.whole: bytes | bytearray | None = None
-        # Its index record, once built (kept for the rare second step of a duplicate).
-        self.record: InstanceRecord | None = None
 
     async def write(self, data: bytes) -> None:
         self.received += len(data)
@@ -240,7 +238,7 @@ class StoreService:
             # UID, so "is it stored already?" is a stat there, and the index is asked only when
             # the answer is yes.
             keep_existing = self._policy != "replace"
-            result = await self._in_thread(
+            record, result = await self._in_thread(
                 self._persist_sync, sink, command, request, received_at, keep_existing
             )
             if result is None:
@@ -251,8 +249,6 @@ class StoreService:
                     await sink.discard()
                     return "kept-existing"
                 # A file without an index row (left by a crash): this instance takes its place.
-                record = sink.record
-                assert record is not None
                 result = await self._in_thread(self._install_sync, sink, uid, record)
             return "replaced" if result is PutResult.REPLACED else "stored"
 
@@ -280,10 +276,10 @@ class StoreService:
         request: Request,
         received_at: str,
         keep_existing: bool,
-    ) -> PutResult | None:
+    ) -> tuple[InstanceRecord, PutResult | None]:
         """Worker thread: header check, fsync + rename + directory fsync, index row committed.
-        With `keep_existing`, an instance whose file exists is not installed (None is returned,
-        and sink.record holds its record)."""
+        With `keep_existing`, an instance whose file exists is not installed (its result is
+        None)."""
         spool = sink.flush_sync()
         ts = sink.meta.transfer_syntax_uid
         try:
@@ -327,9 +323,8 @@ class StoreService:
             )
         uid = command.affected_sop_instance_uid
         if keep_existing and self._files.path(self._files.relpath_for(uid)).exists():
-            sink.record = record
-            return None
-        return self._install_sync(sink, uid, record)
+            return record, None
+        return record, self._install_sync(sink, uid, record)
 
     def _install_sync(self, sink: SpoolSink, uid: str, record: InstanceRecord) -> PutResult:
         """Worker thread: install the spool under its hashed path, then commit its index row (on
