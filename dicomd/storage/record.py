@@ -166,11 +166,7 @@ def record_from_dataset(
         patient_birth_date=text("PatientBirthDate"),
         patient_birth_time=text("PatientBirthTime"),
         patient_sex=text("PatientSex"),
-        other_patient_ids=(
-            text("OtherPatientIDs")
-            if raw is not None and _OTHER_PATIENT_IDS_SEQUENCE not in raw
-            else _other_patient_ids(ds)
-        ),
+        other_patient_ids=_other_patient_ids(ds, text, raw),
         ethnic_group=text("EthnicGroup"),
         patient_comments=text("PatientComments"),
         study_instance_uid=text("StudyInstanceUID"),
@@ -196,11 +192,7 @@ def record_from_dataset(
         protocol_name=text("ProtocolName"),
         operators_name=text("OperatorsName"),
         laterality=text("Laterality"),
-        request_attributes=(
-            ""
-            if raw is not None and _REQUEST_ATTRIBUTES_SEQUENCE not in raw
-            else _request_attributes(ds)
-        ),
+        request_attributes=_request_attributes(ds, raw),
         sop_instance_uid=text("SOPInstanceUID"),
         sop_class_uid=text("SOPClassUID"),
         instance_number=integer("InstanceNumber"),
@@ -420,18 +412,22 @@ def _items(ds: Dataset, keyword: str) -> Iterator[Dataset]:
     yield from (item for item in element.value if isinstance(item, Dataset))
 
 
-def _other_patient_ids(ds: Dataset) -> str:
+def _other_patient_ids(
+    ds: Dataset, text: Callable[[str], str], raw: Mapping[int, RawValue] | None
+) -> str:
     # Other Patient IDs (0010,1000) is retired in favour of Other Patient IDs Sequence (0010,1002);
     # both are still sent.
-    text = _text(ds, "OtherPatientIDs")
-    if text:
-        return text
+    ids = text("OtherPatientIDs")
+    if ids or (raw is not None and _OTHER_PATIENT_IDS_SEQUENCE not in raw):
+        return ids  # the sequence is looked at only when the dataset has it
     return "\\".join(
         filter(None, (_text(item, "PatientID") for item in _items(ds, "OtherPatientIDsSequence")))
     )
 
 
-def _request_attributes(ds: Dataset) -> str:
+def _request_attributes(ds: Dataset, raw: Mapping[int, RawValue] | None) -> str:
+    if raw is not None and _REQUEST_ATTRIBUTES_SEQUENCE not in raw:
+        return ""  # no sequence to look into (and no Dataset to make for it)
     parts = []
     for item in _items(ds, "RequestAttributesSequence"):
         requested = _text(item, "RequestedProcedureID")
