@@ -281,6 +281,12 @@ class _Delete:
 _Op: TypeAlias = _Put | _Delete
 
 
+def _put(record: InstanceRecord, policy: Policy) -> _Put:
+    if policy not in _POLICIES:
+        raise ValueError(f"policy must be one of {sorted(_POLICIES)}, not {policy!r}")
+    return _Put(record, policy)
+
+
 def _unavailable(exc: BaseException) -> BaseException:
     if isinstance(exc, sqlite3.Error):
         error = IndexUnavailable(f"index write failed: {exc}")
@@ -455,9 +461,7 @@ class Index:
 
         def call() -> _T:
             with self._commit_lock:
-                if self._writer_conn is None:
-                    raise IndexUnavailable("the index is closed")
-                return fn(self._writer_conn)
+                return fn(self._live_writer())
 
         return await asyncio.to_thread(call)
 
@@ -466,9 +470,7 @@ class Index:
     def put_blocking(self, record: InstanceRecord, *, policy: Policy) -> PutResult:
         """Index `record` from a worker thread; returns once the transaction that wrote it has
         committed. Never call it on the event loop: it waits for the disk."""
-        if policy not in _POLICIES:
-            raise ValueError(f"policy must be one of {sorted(_POLICIES)}, not {policy!r}")
-        result: PutResult = self._submit(_Put(record, policy))
+        result: PutResult = self._submit(_put(record, policy))
         return result
 
     def delete_blocking(self, sop_instance_uid: str) -> None:
@@ -478,9 +480,7 @@ class Index:
     async def put(self, record: InstanceRecord, *, policy: Policy) -> PutResult:
         """put_blocking() for the event loop. Operations are queued in the order of the calls, so
         puts gathered together share a transaction and keep their order."""
-        if policy not in _POLICIES:
-            raise ValueError(f"policy must be one of {sorted(_POLICIES)}, not {policy!r}")
-        op = _Put(record, policy)
+        op = _put(record, policy)
         self._enqueue(op)
         result: PutResult = await asyncio.to_thread(self._wait, op)
         return result
