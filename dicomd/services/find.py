@@ -22,10 +22,11 @@ per matching row as the cursor advances, and the final status, in one place:
 
 Rows are fetched a page at a time (a small first page, so that the first response leaves quickly),
 never the whole result; the next page is read on the connection's thread while one is being sent.
-Each row becomes its identifier through a ResponseEncoder compiled once per query (row_encoder.py). Counts (Number of ... Related ...) are correlated subqueries over the
-covering child -> parent indexes, computed only when asked for: an index-only count costs well under
-a millisecond for a study of a thousand instances, and maintained counters would have put three more
-row updates into every C-STORE transaction, and the move/delete bookkeeping with them.
+Each row becomes its identifier through a ResponseEncoder compiled once per query (row_encoder.py).
+Counts (Number of ... Related ...) are correlated subqueries over the covering child -> parent
+indexes, computed only when asked for: an index-only count costs well under a millisecond for a
+study of a thousand instances, and maintained counters would have put three more row updates into
+every C-STORE transaction, and the move/delete bookkeeping with them.
 """
 
 from __future__ import annotations
