@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -268,6 +269,30 @@ def print_table(
             line(row) if len(row) == len(headers) else f"{row[0].ljust(widths[0])}  {row[1]}",
             file=out,
         )
+
+
+@contextmanager
+def scratch(name: str, *, keep: bool) -> Iterator[Path]:
+    """A fresh temporary directory for one benchmark run; removed afterwards unless `keep`."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"dicomd-bench-{name}-"))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_checks(checks: Sequence[dict[str, Any]], group: str) -> None:
+    """The targets' verdicts, one line each; `group` names the check's scenario/part field."""
+    if not checks:
+        return
+    print("\ntargets:")
+    for c in checks:
+        mark = {True: "PASS", False: "FAIL", None: "n/a "}[c["passed"]]
+        value = "no result (a row failed)" if c["value"] is None else f"{c['value']:.2f}"
+        print(f"  [{mark}] ({c[group]}) {c['check']}: {value}")
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:

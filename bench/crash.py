@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -46,14 +44,8 @@ def main(argv: list[str]) -> int:
         print("cannot run: DCMTK's storescu is needed (apt-get install dcmtk)")
         return 2
     print(f"peers: DCMTK storescu {storescu} ({common.dcmtk_version(storescu)})")
-    tmp = Path(tempfile.mkdtemp(prefix="dicomd-bench-crash-"))
-    try:
+    with common.scratch("crash", keep=args.keep) as tmp:
         return _bench(args, storescu, tmp)
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _bench(args: argparse.Namespace, storescu: str, tmp: Path) -> int:

@@ -22,7 +22,6 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -553,16 +552,6 @@ def print_b(
 # -- command ------------------------------------------------------------------------------------
 
 
-def print_targets(checks: list[dict[str, Any]]) -> None:
-    if not checks:
-        return
-    print("\ntargets:")
-    for c in checks:
-        mark = {True: "PASS", False: "FAIL", None: "n/a "}[c["passed"]]
-        value = "no result (a row failed)" if c["value"] is None else f"{c['value']:.2f}"
-        print(f"  [{mark}] ({c['part']}) {c['check']}: {value}")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run find", description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="a,b", help="a (1M index), b (3 servers); default a,b")
@@ -590,14 +579,8 @@ def main(argv: list[str]) -> int:
     parts = set(args.parts.split(","))
     if not parts <= {"a", "b"}:
         raise SystemExit(f"unknown part in {args.parts!r} (a, b)")
-    tmp = Path(tempfile.mkdtemp(prefix="dicomd-bench-find-"))
-    try:
+    with common.scratch("find", keep=args.keep) as tmp:
         return _bench(args, parts, tmp)
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _bench(args: argparse.Namespace, parts: set[str], tmp: Path) -> int:
@@ -633,7 +616,7 @@ def _bench(args: argparse.Namespace, parts: set[str], tmp: Path) -> int:
             "runs": [asdict(r) for r in runs],
         }
         failed = failed or any(r.status != "ok" for r in runs)
-    print_targets(checks)
+    common.print_checks(checks, "part")
     payload["targets"] = checks
     if not args.no_json:
         path = common.write_results("find", payload)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -451,12 +450,7 @@ def check_targets(results: list[ServerResult]) -> list[dict[str, Any]]:
 
 
 def print_targets(checks: list[dict[str, Any]], results: list[ServerResult]) -> None:
-    if checks:
-        print("\ntargets:")
-        for c in checks:
-            mark = {True: "PASS", False: "FAIL", None: "n/a "}[c["passed"]]
-            value = "no result (a row failed)" if c["value"] is None else f"{c['value']:.2f}"
-            print(f"  [{mark}] ({c['scenario']}) {c['check']}: {value}")
+    common.print_checks(checks, "scenario")
     scaling = []
     for result in results:
         one, two = result.runs.get("move"), result.runs.get("move2")
@@ -504,14 +498,8 @@ def main(argv: list[str]) -> int:
     scenarios = [s for s in SCENARIOS if s.key in wanted]
     if len(scenarios) != len(wanted):
         raise SystemExit(f"unknown scenario in {args.scenarios!r} (get, move, move2)")
-    tmp = Path(tempfile.mkdtemp(prefix="dicomd-bench-retrieve-"))
-    try:
+    with common.scratch("retrieve", keep=args.keep) as tmp:
         return _bench(args, scenarios, tmp)
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _bench(args: argparse.Namespace, scenarios: list[Scenario], tmp: Path) -> int:

@@ -27,9 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -353,8 +351,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="dicomd-bench-soak-"))
-    try:
+    with common.scratch("soak", keep=args.keep) as tmp:
         loop_factory = None
         with contextlib.suppress(ImportError):
             import uvloop
@@ -362,11 +359,6 @@ def main(argv: list[str]) -> int:
             loop_factory = uvloop.new_event_loop
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(_bench(args, tmp))
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _bench(args: argparse.Namespace, tmp: Path) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -330,16 +329,6 @@ def check_targets(results: dict[str, list[Run]]) -> list[dict[str, Any]]:
     return checks
 
 
-def print_targets(checks: list[dict[str, Any]]) -> None:
-    if not checks:
-        return
-    print("\ntargets:")
-    for c in checks:
-        mark = {True: "PASS", False: "FAIL", None: "n/a "}[c["passed"]]
-        value = "no result (a row failed)" if c["value"] is None else f"{c['value']:.2f}"
-        print(f"  [{mark}] ({c['scenario']}) {c['check']}: {value}")
-
-
 # -- command ----------------------------------------------------------------------------------
 
 
@@ -366,14 +355,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     scenarios = [s for s in SCENARIOS if s.key in args.scenarios]
-    tmp = Path(tempfile.mkdtemp(prefix="dicomd-bench-store-"))
-    try:
+    with common.scratch("store", keep=args.keep) as tmp:
         return _bench(args, scenarios, tmp)
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _bench(args: argparse.Namespace, scenarios: list[Scenario], tmp: Path) -> int:
@@ -391,7 +374,7 @@ def _bench(args: argparse.Namespace, scenarios: list[Scenario], tmp: Path) -> in
         results[scenario.key] = runs
         print_scenario(scenario, data[scenario.data], runs, skipped)
     checks = check_targets(results)
-    print_targets(checks)
+    common.print_checks(checks, "scenario")
     if not args.no_json:
         path = common.write_results(
             "store", _payload(args, tools, scenarios, data, results, skipped, checks)
