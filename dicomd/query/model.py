@@ -2,15 +2,16 @@
 
 Owns: the three FIND models (Patient Root, Study Root, Patient/Study Only), their levels and unique
 keys, and for every key we know: the entity it describes, its VR, how it is matched, and where its
-value lives: an index column (schema.py), an SQL expression computed per entity (the Number of ...
-Related ..., Modalities in Study, SOP Classes in Study keys), or nowhere, in which case the value is
-read from the attributes kept with the newest instance of the entity (record.py `attributes`).
+value lives: an index column (schema.py; the Number of ... Related ... keys and Modalities in Study
+are columns the index's triggers keep up to date), an SQL expression computed per entity (SOP
+Classes in Study), or nowhere, in which case the value is read from the attributes kept with the
+newest instance of the entity (record.py `attributes`).
 Must not know: SQL execution, sockets, pydicom datasets.
 
 The SQL snippets refer to the tables by fixed aliases: patient p, study st, series se, instance i;
 the subqueries use their own aliases (s2, r2, i2) so that they can be correlated with any of them.
-The counts are correlated subqueries over the child -> parent indexes (COVERING INDEX in the plan),
-computed only when the key is asked for; see services/find.py for why not maintained counters.
+Modalities in Study is returned from its column but matched against the series themselves (any
+series of the study with the modality), which the (modality, study_pk) index answers.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ _KEYS: Final = (
         "IS",
         _P,
         Match.NONE,
-        sql="(SELECT count(*) FROM study s2 WHERE s2.patient_pk = p.pk)",
+        "number_of_studies",
     ),
     KeyDef(
         0x00201202,
@@ -165,8 +166,7 @@ _KEYS: Final = (
         "IS",
         _P,
         Match.NONE,
-        sql="(SELECT count(*) FROM study s2 JOIN series r2 ON r2.study_pk = s2.pk"
-        " WHERE s2.patient_pk = p.pk)",
+        "number_of_series",
     ),
     KeyDef(
         0x00201204,
@@ -174,8 +174,7 @@ _KEYS: Final = (
         "IS",
         _P,
         Match.NONE,
-        sql="(SELECT count(*) FROM study s2 JOIN series r2 ON r2.study_pk = s2.pk"
-        " JOIN instance i2 ON i2.series_pk = r2.pk WHERE s2.patient_pk = p.pk)",
+        "number_of_instances",
     ),
     # Study (C.6.1.1.3)
     KeyDef(0x00080020, "StudyDate", "DA", _ST, _DA, "study_date"),
@@ -212,7 +211,8 @@ _KEYS: Final = (
         "CS",
         _ST,
         Match.MODALITIES,
-        sql=_distinct("r2.modality", "series r2 WHERE r2.study_pk = st.pk"),
+        "modalities_in_study",
+        multi=True,
     ),
     KeyDef(
         0x00080062,
@@ -231,7 +231,7 @@ _KEYS: Final = (
         "IS",
         _ST,
         Match.NONE,
-        sql="(SELECT count(*) FROM series r2 WHERE r2.study_pk = st.pk)",
+        "number_of_series",
     ),
     KeyDef(
         0x00201208,
@@ -239,8 +239,7 @@ _KEYS: Final = (
         "IS",
         _ST,
         Match.NONE,
-        sql="(SELECT count(*) FROM series r2 JOIN instance i2 ON i2.series_pk = r2.pk"
-        " WHERE r2.study_pk = st.pk)",
+        "number_of_instances",
     ),
     # Series (C.6.1.1.4)
     KeyDef(0x00080060, "Modality", "CS", _SE, _T, "modality"),
@@ -269,7 +268,7 @@ _KEYS: Final = (
         "IS",
         _SE,
         Match.NONE,
-        sql="(SELECT count(*) FROM instance i2 WHERE i2.series_pk = se.pk)",
+        "number_of_instances",
     ),
     # Composite object instance (C.6.1.1.5)
     KeyDef(0x00080018, "SOPInstanceUID", "UI", _I, _UI, "sop_instance_uid"),

@@ -23,10 +23,9 @@ per matching row as the cursor advances, and the final status, in one place:
 Rows are fetched a page at a time (a small first page, so that the first response leaves quickly),
 never the whole result; the next page is read on the connection's thread while one is being sent.
 Each row becomes its identifier through a ResponseEncoder compiled once per query (row_encoder.py).
-Counts (Number of ... Related ...) are correlated subqueries over the covering child -> parent
-indexes, computed only when asked for: an index-only count costs well under a millisecond for a
-study of a thousand instances, and maintained counters would have put three more row updates into
-every C-STORE transaction, and the move/delete bookkeeping with them.
+The counts (Number of ... Related ...) and Modalities in Study are columns the index keeps up to
+date with triggers (storage/schema.py, version 2): counting per matched study at query time cost
+more than the rest of a name query's work together.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import aiosqlite
 from dicomd.storage.record import InstanceRecord
 
 __all__ = [
+    "COUNTER_COLUMNS",
     "INSTANCE_COLUMNS",
     "MIGRATIONS",
     "PATIENT_COLUMNS",
@@ -84,6 +85,13 @@ SERIES_COLUMNS: Final = (
     "laterality",
     "request_attributes",
 )
+# Kept by the index itself (version 2's triggers), not by the writer: after each level's columns.
+COUNTER_COLUMNS: Final = {
+    "patient": ("number_of_studies", "number_of_series", "number_of_instances"),
+    "study": ("number_of_series", "number_of_instances", "modalities_in_study"),
+    "series": ("number_of_instances",),
+    "instance": (),
+}
 INSTANCE_COLUMNS: Final = tuple(
     f.name
     for f in fields(InstanceRecord)
@@ -173,7 +181,168 @@ CREATE TABLE instance (
 CREATE INDEX instance_series_pk_idx ON instance (series_pk);
 """
 
-MIGRATIONS: Final[list[str]] = [_V1]
+# Version 2: what C-FIND computes per entity, kept up to date by triggers (PS3.4 C.6.1.1.2-4:
+# Number of Patient/Study/Series Related ..., Modalities in Study). Counting per matched study at
+# query time cost 10-15 ms of a 20 ms budget for a name query matching 800 studies of a million
+# instances; a stored counter costs an indexed rowid UPDATE per level in the same transaction as the
+# C-STORE's rows. Triggers rather than the writer's Python: every path that changes the hierarchy
+# (store, replace into another series, delete, reconcile, the cleanup of empty parents, a foreign
+# key cascade, a hand edit) keeps them right, in C, inside its own statement.
+#
+# Each trigger moves counts along the chain that exists when it fires: an instance's count is
+# added to or taken from its series, study and patient only while its series row exists, and a
+# series', study's own deletion takes what it still holds from its parents. So a cascade (a study
+# deleted with its series and instances) leaves the parents right in whichever order SQLite
+# deletes the rows.
+_V2: Final = r"""
+ALTER TABLE patient ADD COLUMN number_of_studies INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE patient ADD COLUMN number_of_series INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE patient ADD COLUMN number_of_instances INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE study ADD COLUMN number_of_series INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE study ADD COLUMN number_of_instances INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE study ADD COLUMN modalities_in_study TEXT NOT NULL DEFAULT '';
+ALTER TABLE series ADD COLUMN number_of_instances INTEGER NOT NULL DEFAULT 0;
+
+UPDATE series SET number_of_instances =
+    (SELECT count(*) FROM instance WHERE instance.series_pk = series.pk);
+UPDATE study SET
+    number_of_series = (SELECT count(*) FROM series WHERE series.study_pk = study.pk),
+    number_of_instances = (SELECT coalesce(sum(number_of_instances), 0) FROM series
+                            WHERE series.study_pk = study.pk),
+    modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
+        (SELECT DISTINCT modality AS m FROM series
+          WHERE series.study_pk = study.pk AND modality <> '' ORDER BY 1)), '');
+UPDATE patient SET
+    number_of_studies = (SELECT count(*) FROM study WHERE study.patient_pk = patient.pk),
+    number_of_series = (SELECT coalesce(sum(number_of_series), 0) FROM study
+                         WHERE study.patient_pk = patient.pk),
+    number_of_instances = (SELECT coalesce(sum(number_of_instances), 0) FROM study
+                            WHERE study.patient_pk = patient.pk);
+
+-- instance -> series, study, patient
+CREATE TRIGGER instance_added AFTER INSERT ON instance BEGIN
+    UPDATE series SET number_of_instances = number_of_instances + 1 WHERE pk = NEW.series_pk;
+    UPDATE study SET number_of_instances = number_of_instances + 1
+     WHERE pk = (SELECT study_pk FROM series WHERE pk = NEW.series_pk);
+    UPDATE patient SET number_of_instances = number_of_instances + 1
+     WHERE pk = (SELECT st.patient_pk FROM series se JOIN study st ON st.pk = se.study_pk
+                  WHERE se.pk = NEW.series_pk);
+END;
+CREATE TRIGGER instance_removed AFTER DELETE ON instance BEGIN
+    UPDATE patient SET number_of_instances = number_of_instances - 1
+     WHERE pk = (SELECT st.patient_pk FROM series se JOIN study st ON st.pk = se.study_pk
+                  WHERE se.pk = OLD.series_pk);
+    UPDATE study SET number_of_instances = number_of_instances - 1
+     WHERE pk = (SELECT study_pk FROM series WHERE pk = OLD.series_pk);
+    UPDATE series SET number_of_instances = number_of_instances - 1 WHERE pk = OLD.series_pk;
+END;
+CREATE TRIGGER instance_moved AFTER UPDATE OF series_pk ON instance
+WHEN OLD.series_pk IS NOT NEW.series_pk BEGIN
+    UPDATE patient SET number_of_instances = number_of_instances - 1
+     WHERE pk = (SELECT st.patient_pk FROM series se JOIN study st ON st.pk = se.study_pk
+                  WHERE se.pk = OLD.series_pk);
+    UPDATE study SET number_of_instances = number_of_instances - 1
+     WHERE pk = (SELECT study_pk FROM series WHERE pk = OLD.series_pk);
+    UPDATE series SET number_of_instances = number_of_instances - 1 WHERE pk = OLD.series_pk;
+    UPDATE series SET number_of_instances = number_of_instances + 1 WHERE pk = NEW.series_pk;
+    UPDATE study SET number_of_instances = number_of_instances + 1
+     WHERE pk = (SELECT study_pk FROM series WHERE pk = NEW.series_pk);
+    UPDATE patient SET number_of_instances = number_of_instances + 1
+     WHERE pk = (SELECT st.patient_pk FROM series se JOIN study st ON st.pk = se.study_pk
+                  WHERE se.pk = NEW.series_pk);
+END;
+
+-- series -> study, patient; and the study's modalities
+CREATE TRIGGER series_added AFTER INSERT ON series BEGIN
+    UPDATE study SET
+        number_of_series = number_of_series + 1,
+        number_of_instances = number_of_instances + NEW.number_of_instances,
+        modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
+            (SELECT DISTINCT modality AS m FROM series
+              WHERE study_pk = NEW.study_pk AND modality <> '' ORDER BY 1)), '')
+     WHERE pk = NEW.study_pk;
+    UPDATE patient SET
+        number_of_series = number_of_series + 1,
+        number_of_instances = number_of_instances + NEW.number_of_instances
+     WHERE pk = (SELECT patient_pk FROM study WHERE pk = NEW.study_pk);
+END;
+CREATE TRIGGER series_removed AFTER DELETE ON series BEGIN
+    UPDATE patient SET
+        number_of_series = number_of_series - 1,
+        number_of_instances = number_of_instances - OLD.number_of_instances
+     WHERE pk = (SELECT patient_pk FROM study WHERE pk = OLD.study_pk);
+    UPDATE study SET
+        number_of_series = number_of_series - 1,
+        number_of_instances = number_of_instances - OLD.number_of_instances,
+        modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
+            (SELECT DISTINCT modality AS m FROM series
+              WHERE study_pk = OLD.study_pk AND modality <> '' ORDER BY 1)), '')
+     WHERE pk = OLD.study_pk;
+END;
+CREATE TRIGGER series_moved AFTER UPDATE OF study_pk ON series
+WHEN OLD.study_pk IS NOT NEW.study_pk BEGIN
+    UPDATE patient SET
+        number_of_series = number_of_series - 1,
+        number_of_instances = number_of_instances - OLD.number_of_instances
+     WHERE pk = (SELECT patient_pk FROM study WHERE pk = OLD.study_pk);
+    UPDATE study SET
+        number_of_series = number_of_series - 1,
+        number_of_instances = number_of_instances - OLD.number_of_instances,
+        modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
+            (SELECT DISTINCT modality AS m FROM series
+              WHERE study_pk = OLD.study_pk AND modality <> '' ORDER BY 1)), '')
+     WHERE pk = OLD.study_pk;
+    UPDATE study SET
+        number_of_series = number_of_series + 1,
+        number_of_instances = number_of_instances + NEW.number_of_instances,
+        modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
+            (SELECT DISTINCT modality AS m FROM series
+              WHERE study_pk = NEW.study_pk AND modality <> '' ORDER BY 1)), '')
+     WHERE pk = NEW.study_pk;
+    UPDATE patient SET
+        number_of_series = number_of_series + 1,
+        number_of_instances = number_of_instances + NEW.number_of_instances
+     WHERE pk = (SELECT patient_pk FROM study WHERE pk = NEW.study_pk);
+END;
+CREATE TRIGGER series_modality_changed AFTER UPDATE OF modality ON series
+WHEN OLD.modality IS NOT NEW.modality AND OLD.study_pk IS NEW.study_pk BEGIN
+    UPDATE study SET modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
+        (SELECT DISTINCT modality AS m FROM series
+          WHERE study_pk = NEW.study_pk AND modality <> '' ORDER BY 1)), '')
+     WHERE pk = NEW.study_pk;
+END;
+
+-- study -> patient
+CREATE TRIGGER study_added AFTER INSERT ON study BEGIN
+    UPDATE patient SET
+        number_of_studies = number_of_studies + 1,
+        number_of_series = number_of_series + NEW.number_of_series,
+        number_of_instances = number_of_instances + NEW.number_of_instances
+     WHERE pk = NEW.patient_pk;
+END;
+CREATE TRIGGER study_removed AFTER DELETE ON study BEGIN
+    UPDATE patient SET
+        number_of_studies = number_of_studies - 1,
+        number_of_series = number_of_series - OLD.number_of_series,
+        number_of_instances = number_of_instances - OLD.number_of_instances
+     WHERE pk = OLD.patient_pk;
+END;
+CREATE TRIGGER study_moved AFTER UPDATE OF patient_pk ON study
+WHEN OLD.patient_pk IS NOT NEW.patient_pk BEGIN
+    UPDATE patient SET
+        number_of_studies = number_of_studies - 1,
+        number_of_series = number_of_series - OLD.number_of_series,
+        number_of_instances = number_of_instances - OLD.number_of_instances
+     WHERE pk = OLD.patient_pk;
+    UPDATE patient SET
+        number_of_studies = number_of_studies + 1,
+        number_of_series = number_of_series + NEW.number_of_series,
+        number_of_instances = number_of_instances + NEW.number_of_instances
+     WHERE pk = NEW.patient_pk;
+END;
+"""
+
+MIGRATIONS: Final[list[str]] = [_V1, _V2]
 
 
 class SchemaError(Exception):

@@ -35,7 +35,7 @@ from dicomd.storage.schema import MIGRATIONS
 @pytest.fixture
 def db() -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(":memory:")
-    conn.executescript(MIGRATIONS[0])
+    conn.executescript("\n".join(MIGRATIONS))
     for name, (nargs, fn) in SQL_FUNCTIONS.items():
         conn.create_function(name, nargs, fn, deterministic=True)
     yield conn

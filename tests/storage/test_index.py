@@ -27,6 +27,7 @@ from dicomd.storage.index import (
 )
 from dicomd.storage.record import InstanceRecord
 from dicomd.storage.schema import (
+    COUNTER_COLUMNS,
     INSTANCE_COLUMNS,
     MIGRATIONS,
     PATIENT_COLUMNS,
@@ -110,7 +111,7 @@ async def test_new_database_is_at_the_latest_version_in_wal_mode(
     index: Index, db_path: Path
 ) -> None:
     with oracle(db_path) as conn:
-        assert scalar(conn, "PRAGMA user_version") == len(MIGRATIONS) == 1
+        assert scalar(conn, "PRAGMA user_version") == len(MIGRATIONS) == 2
         assert scalar(conn, "PRAGMA journal_mode") == "wal"
 
 
@@ -120,9 +121,9 @@ async def test_every_record_field_is_one_column_at_its_level(index: Index, db_pa
             table: [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
             for table in ("patient", "study", "series", "instance")
         }
-    assert columns["patient"] == ["pk", *PATIENT_COLUMNS]
-    assert columns["study"] == ["pk", "patient_pk", *STUDY_COLUMNS]
-    assert columns["series"] == ["pk", "study_pk", *SERIES_COLUMNS]
+    assert columns["patient"] == ["pk", *PATIENT_COLUMNS, *COUNTER_COLUMNS["patient"]]
+    assert columns["study"] == ["pk", "patient_pk", *STUDY_COLUMNS, *COUNTER_COLUMNS["study"]]
+    assert columns["series"] == ["pk", "study_pk", *SERIES_COLUMNS, *COUNTER_COLUMNS["series"]]
     assert columns["instance"] == ["pk", "series_pk", *INSTANCE_COLUMNS]
     level_columns = [*PATIENT_COLUMNS, *STUDY_COLUMNS, *SERIES_COLUMNS, *INSTANCE_COLUMNS]
     assert sorted(level_columns) == sorted(f.name for f in dataclasses.fields(InstanceRecord))
@@ -196,19 +197,19 @@ async def test_query_keys_are_indexed(index: Index, db_path: Path, query: str) -
 async def test_migrations_from_empty_and_idempotent_reopen(db_path: Path) -> None:
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         assert list(await conn.execute_fetchall("PRAGMA user_version")) == [(0,)]
-        assert await migrate(conn) == 1
-        assert await migrate(conn) == 1  # nothing left to do
+        assert await migrate(conn) == len(MIGRATIONS)
+        assert await migrate(conn) == len(MIGRATIONS)  # nothing left to do
     idx = await Index.open(db_path)
     assert await idx.put(make_record(1), policy="replace") is PutResult.INSERTED
     await idx.close()
-    idx = await Index.open(db_path)  # a database at version 1, reopened
+    idx = await Index.open(db_path)  # a database at the latest version, reopened
     try:
         assert await idx.get("1.2.1.1.1") is not None
         assert await idx.counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
     finally:
         await idx.close()
     with oracle(db_path) as conn:
-        assert scalar(conn, "PRAGMA user_version") == 1
+        assert scalar(conn, "PRAGMA user_version") == len(MIGRATIONS)
 
 
 async def test_later_migrations_apply_in_order(db_path: Path) -> None:
@@ -218,22 +219,23 @@ async def test_later_migrations_apply_in_order(db_path: Path) -> None:
         "CREATE INDEX instance_note_idx ON instance (note);",
     ]
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
-        assert await migrate(conn, MIGRATIONS) == 1
-        assert await migrate(conn, migrations) == 3
-        assert await migrate(conn, migrations) == 3
+        assert await migrate(conn, MIGRATIONS) == len(MIGRATIONS)
+        assert await migrate(conn, migrations) == len(MIGRATIONS) + 2
+        assert await migrate(conn, migrations) == len(MIGRATIONS) + 2
     with oracle(db_path) as conn:
-        assert scalar(conn, "PRAGMA user_version") == 3
+        assert scalar(conn, "PRAGMA user_version") == len(MIGRATIONS) + 2
         assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(instance)")]
 
 
 async def test_a_failing_migration_is_rolled_back_whole(db_path: Path) -> None:
     broken = [*MIGRATIONS, "CREATE TABLE extra (a INTEGER);\nCREATE TABLE patient (a INTEGER);"]
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
-        with pytest.raises(SchemaError, match="version 2"):
+        with pytest.raises(SchemaError, match=f"version {len(broken)}"):
             await migrate(conn, broken)
         assert not conn.in_transaction
     with oracle(db_path) as conn:
-        assert scalar(conn, "PRAGMA user_version") == 1  # version 1 committed, 2 not
+        # every version before the broken one committed, the broken one not
+        assert scalar(conn, "PRAGMA user_version") == len(MIGRATIONS)
         assert scalar(conn, "SELECT count(*) FROM sqlite_schema WHERE name = 'extra'") == 0
 
 
@@ -568,8 +570,9 @@ async def test_close_drains_pending_puts(db_path: Path) -> None:
     tasks = [asyncio.create_task(idx.put(make_record(n), policy="replace")) for n in range(30)]
     await asyncio.sleep(0)  # the tasks enqueue; none has been written yet
     await idx.close()
-    assert [t.result() for t in tasks] == [PutResult.INSERTED] * 30
+    # Every put was committed by the time close() returned; the tasks resume after it.
     assert table_counts(db_path) == (1, 1, 1, 30)
+    assert await asyncio.gather(*tasks) == [PutResult.INSERTED] * 30
     with pytest.raises(IndexUnavailable):
         await idx.put(make_record(31), policy="replace")
     await idx.close()  # idempotent
