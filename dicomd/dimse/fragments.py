@@ -37,6 +37,7 @@ __all__ = [
     "DatasetFragment",
     "MessageAssembler",
     "encoded_fragments",
+    "encoded_message",
     "fragment",
 ]
 
@@ -125,6 +126,18 @@ def encoded_fragments(
         pieces.append(p_data_head(context_id, header, end - start))
         pieces.append(view[start:end])
     return pieces
+
+
+def encoded_message(
+    context_id: int, data: bytes, max_pdu_length: int, *, is_command: bool
+) -> list[bytes | memoryview]:
+    """encoded_fragments() of a whole command or data set held in memory, where a PDU that fits
+    is one bytes object (header and data joined): most commands and C-FIND identifiers, queued
+    by the thousand, are one piece each instead of a header and a view."""
+    if 0 < len(data) <= _chunk_size(context_id, max_pdu_length):
+        kind = (_COMMAND_BIT if is_command else 0) | _LAST_BIT
+        return [p_data_head(context_id, kind, len(data)) + data]
+    return encoded_fragments(context_id, data, is_command=is_command, max_pdu_length=max_pdu_length)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import socket
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from dicomd.dimse.fragments import encoded_fragments, fragment
+from dicomd.dimse.fragments import encoded_fragments, encoded_message
 from dicomd.dimse.messages import Message, encode_command
 from dicomd.services.base import FileSlice
 from dicomd.ul.connection import Connection, ConnectionEvent, NeedData
-from dicomd.ul.pdu import PDataTF
 
 READ_CHUNK = 256 * 1024
 FILE_CHUNK = 1024 * 1024
@@ -73,11 +71,13 @@ class Channel:
         self.connection = connection
         self._reader = reader
         self._writer = writer
+        self._transport = writer.transport
         self._idle_timeout = idle_timeout
         self._write_timeout = write_timeout
         self._send_lock = asyncio.Lock()
         self._unflushed = 0
         self._flush_scheduled = False
+        self._last_command: tuple[Message, int, int, list[bytes | memoryview]] | None = None
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
 
@@ -125,38 +125,62 @@ class Channel:
     async def send_message(
         self, context_id: int, message: Message, dataset: bytes | FileSlice | None = None
     ) -> None:
-        """Send one DIMSE message: its command, then its dataset, each in as many PDUs as needed."""
-        max_pdu = self.connection.peer_max_pdu_length
-        async with self._send_lock:
-            # The command and an in-memory dataset go out in one write (a C-FIND response is two
-            # small PDUs: one drain, not two); a stored file streams with a flush per chunk.
-            command = fragment(
-                context_id, encode_command(message), is_command=True, max_pdu_length=max_pdu
-            )
-            if isinstance(dataset, FileSlice):
-                await self._send_fragments(command)
-                await self._send_file(context_id, dataset, max_pdu)
-            else:
-                pdus: Iterable[PDataTF] = command
-                if dataset is not None:
-                    data = fragment(context_id, dataset, is_command=False, max_pdu_length=max_pdu)
-                    pdus = itertools.chain(command, data)
-                await self._send_small(pdus)
+        """Send one DIMSE message: its command, then its dataset, each in as many PDUs as needed.
 
-    async def _send_small(self, pdus: Iterable[PDataTF]) -> None:
-        """A message held in memory: queued, and written together with whatever else is sent
-        before the loop next turns (a page of C-FIND responses leaves in one write, not one each).
-        Back-pressure is unchanged: past COALESCE bytes, or with the transport's buffer full, it
-        is written and drained at once (bounded by the write timeout)."""
-        for pdu in pdus:
-            self.connection.send_data(pdu)
-            self._unflushed += len(pdu.pdvs[0].data)
-        transport = self._writer.transport
-        if self._unflushed >= COALESCE or transport.get_write_buffer_size() >= COALESCE:
+        The PDUs go out pre-encoded (Connection.send_encoded_data): a C-FIND that streams
+        thousands of responses, or a C-GET its sub-operations, pays for no PDU object and no
+        state-machine dispatch per PDU.
+        """
+        max_pdu = self.connection.peer_max_pdu_length
+        command = self._command_pdus(context_id, message, max_pdu)
+        if isinstance(dataset, FileSlice):
+            async with self._send_lock:
+                self.connection.send_encoded_data(command)
+                await self.flush()
+                await self._send_file(context_id, dataset, max_pdu)
+            return
+        pieces = command
+        if dataset is not None:
+            pieces = command + encoded_message(context_id, dataset, max_pdu, is_command=False)
+        if self._send_lock.locked():
+            # A stored file is streaming on this association: its PDUs come first, whole.
+            async with self._send_lock:
+                if self._queue(pieces):
+                    await self.flush()
+        elif self._queue(pieces):
+            # Queued before the first await: nothing came between this message's PDUs.
             await self.flush()
-        elif not self._flush_scheduled:
+
+    def _command_pdus(
+        self, context_id: int, message: Message, max_pdu: int
+    ) -> list[bytes | memoryview]:
+        """The command set's PDUs, encoded. The last message's are kept: a C-FIND sends the same
+        (frozen) pending response for every match, so it is encoded once per operation."""
+        cached = self._last_command
+        if (
+            cached is not None
+            and cached[0] is message
+            and cached[1] == context_id
+            and cached[2] == max_pdu
+        ):
+            return cached[3]
+        pieces = encoded_message(context_id, encode_command(message), max_pdu, is_command=True)
+        self._last_command = (message, context_id, max_pdu, pieces)
+        return pieces
+
+    def _queue(self, pieces: list[bytes | memoryview]) -> bool:
+        """Queue a message held in memory, to be written together with whatever else is sent
+        before the loop next turns (a page of C-FIND responses leaves in one write, not one each).
+        True when it must be written and drained now instead: past COALESCE bytes, or with the
+        transport's buffer full (back-pressure, bounded by the write timeout)."""
+        self.connection.send_encoded_data(pieces)
+        self._unflushed += sum(map(len, pieces))
+        if self._unflushed >= COALESCE or self._transport.get_write_buffer_size() >= COALESCE:
+            return True
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_soon)
+        return False
 
     def _flush_soon(self) -> None:
         self._flush_scheduled = False
@@ -204,16 +228,6 @@ class Channel:
         finally:
             if f is not None:
                 await asyncio.to_thread(f.close)
-
-    async def _send_fragments(self, pdus: Iterable[PDataTF]) -> None:
-        pending = 0
-        for pdu in pdus:
-            self.connection.send_data(pdu)
-            pending += len(pdu.pdvs[0].data)
-            if pending >= FLUSH_EVERY:
-                await self.flush()
-                pending = 0
-        await self.flush()
 
     async def close(self) -> None:
         await self.flush_quietly()

@@ -16,6 +16,7 @@ from dicomd.dimse.fragments import (
     DatasetFragment,
     MessageAssembler,
     encoded_fragments,
+    encoded_message,
     fragment,
 )
 from dicomd.dimse.messages import (
@@ -158,10 +159,32 @@ def test_encoded_fragments_are_the_bytes_of_fragment(
     assert b"".join(pieces) == expected
 
 
+@given(
+    st.sampled_from([0, 7, 8, 100, 16384]),
+    st.integers(0, 20_000),
+    st.booleans(),
+    st.integers(1, 255),
+)
+def test_an_encoded_message_is_the_bytes_of_fragment(
+    max_pdu_length: int, size: int, is_command: bool, context_id: int
+) -> None:
+    data = bytes(i % 251 for i in range(size))
+    expected = [
+        encode(pdu)
+        for pdu in fragment(context_id, data, is_command=is_command, max_pdu_length=max_pdu_length)
+    ]
+    pieces = encoded_message(context_id, data, max_pdu_length, is_command=is_command)
+    assert b"".join(pieces) == b"".join(expected)
+    if len(expected) == 1 and data:
+        assert pieces == expected  # one PDU: one piece
+
+
 @pytest.mark.parametrize(("context_id", "max_pdu_length"), [(0, 100), (256, 100), (1, 6)])
 def test_encoded_fragments_check_arguments(context_id: int, max_pdu_length: int) -> None:
     with pytest.raises(LocalProtocolError):
         encoded_fragments(context_id, b"x", is_command=False, max_pdu_length=max_pdu_length)
+    with pytest.raises(LocalProtocolError):
+        encoded_message(context_id, b"x", max_pdu_length, is_command=False)
 
 
 # --- MessageAssembler: well-formed traffic -------------------------------------------------------
