@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -108,6 +108,11 @@ class _Responder:
     async def respond(self, message: Message, dataset: bytes | None = None) -> None:
         await self._channel.send_message(self._op.context_id, message, dataset)
         self.last_status = getattr(message, "status", None)
+
+    async def respond_each(self, message: Message, datasets: Sequence[bytes]) -> None:
+        await self._channel.send_messages(self._op.context_id, message, datasets)
+        if datasets:
+            self.last_status = getattr(message, "status", None)
 
     @property
     def cancel_requested(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import BinaryIO
 
 from dicomd.dimse.fragments import encoded_fragments, encoded_message
@@ -142,13 +142,30 @@ class Channel:
         pieces = command
         if dataset is not None:
             pieces = command + encoded_message(context_id, dataset, max_pdu, is_command=False)
+        await self._send_queued(pieces)
+
+    async def send_messages(
+        self, context_id: int, message: Message, datasets: Sequence[bytes]
+    ) -> None:
+        """send_message(message, dataset) for each of the data sets, queued as one run."""
+        max_pdu = self.connection.peer_max_pdu_length
+        command = self._command_pdus(context_id, message, max_pdu)
+        pieces: list[bytes | memoryview] = []
+        for dataset in datasets:
+            pieces += command
+            pieces += encoded_message(context_id, dataset, max_pdu, is_command=False)
+        if pieces:
+            await self._send_queued(pieces)
+
+    async def _send_queued(self, pieces: list[bytes | memoryview]) -> None:
+        """Messages held in memory, whole."""
         if self._send_lock.locked():
             # A stored file is streaming on this association: its PDUs come first, whole.
             async with self._send_lock:
                 if self._queue(pieces):
                     await self.flush()
         elif self._queue(pieces):
-            # Queued before the first await: nothing came between this message's PDUs.
+            # Queued before the first await: nothing came between these PDUs.
             await self.flush()
 
     def _command_pdus(

@@ -59,6 +59,10 @@ class Responder(Protocol):
     async def respond(self, message: Message, dataset: bytes | None = None) -> None:
         """Send one DIMSE message (a response, or a pending response) on the request's context."""
 
+    async def respond_each(self, message: Message, datasets: Sequence[bytes]) -> None:
+        """Send `message` once with each data set, in order: a run of pending responses (C-FIND)
+        queued together, the command encoded once."""
+
     @property
     def cancel_requested(self) -> bool:
         """A C-CANCEL-RQ for this operation has arrived (PS3.7 9.3.2.3)."""

@@ -53,10 +53,14 @@ class Rows:
     """The rows of one running query; fetch() pages through them."""
 
     def __init__(
-        self, conn: aiosqlite.Connection, should_stop: Callable[[], bool] | None = None
+        self,
+        conn: aiosqlite.Connection,
+        should_stop: Callable[[], bool] | None = None,
+        convert: Callable[[tuple[Any, ...]], Any] | None = None,
     ) -> None:
         self._conn = conn
         self._should_stop = should_stop
+        self._convert = convert
         self._cursor: aiosqlite.Cursor | None = None
         self._done = False
         self._pending: asyncio.Future[Iterable[sqlite3.Row]] | None = None
@@ -66,9 +70,15 @@ class Rows:
     async def _start(self, sql: str, params: Sequence[Any]) -> None:
         # sqlite3's execute() steps the statement to its first row, which can be the long part.
         self._cursor = await self._guarded(self._conn.execute(sql, params))
+        convert = self._convert
+        if convert is not None:
+            # sqlite3 applies a cursor's row factory as it builds each row, on the connection's
+            # thread (no row is built by execute()).
+            self._cursor.row_factory = lambda _cursor, row: convert(row)  # type: ignore[assignment]
 
-    async def fetch(self, n: int, *, then: int = 0) -> list[tuple[Any, ...]]:
-        """Up to n more rows; an empty list once the query has no more.
+    async def fetch(self, n: int, *, then: int = 0) -> list[Any]:
+        """Up to n more rows (tuples, or what `convert` made of them); an empty list once the
+        query has no more.
 
         With `then`, the next `then` rows are fetched on the connection's thread while the caller
         works on these (SQLite steps the statement without holding the GIL, so the next page is
@@ -82,7 +92,7 @@ class Rows:
             page = await self._guarded(pending)
         else:
             page = await self._guarded(self._cursor.fetchmany(n))
-        rows = [tuple(row) for row in page]
+        rows = list(page) if self._convert is not None else [tuple(row) for row in page]
         if len(rows) < n:
             self._done = True
         elif then > 0:
@@ -187,11 +197,17 @@ class ReadPool:
         params: Sequence[Any] = (),
         *,
         should_stop: Callable[[], bool] | None = None,
+        convert: Callable[[tuple[Any, ...]], Any] | None = None,
     ) -> AsyncIterator[Rows]:
-        """Run `sql` on a connection of the pool; the connection is held until the block exits."""
+        """Run `sql` on a connection of the pool; the connection is held until the block exits.
+
+        With `convert`, fetch() returns convert(row) for each row, called on the connection's
+        thread as the row is read: work per row that would otherwise be done on the event loop,
+        taking turns with that thread for the GIL after every row (C-FIND's response encoding).
+        """
         async with self._slots:
             conn = await self._acquire()
-            rows = Rows(conn, should_stop)
+            rows = Rows(conn, should_stop, convert)
             try:
                 await rows._start(sql, params)
                 yield rows
