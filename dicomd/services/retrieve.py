@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pydicom
 import structlog
@@ -96,6 +96,10 @@ class Target:
     transfer_syntax_uid: str
     relpath: str
     size: int
+
+
+# An instance ready to go: the accepted context to send it on, and its data set.
+_Loaded = tuple[AcceptedContext, DatasetSource]
 
 
 class _Sender(Protocol):
@@ -249,39 +253,66 @@ class RetrieveService:
         pending: _RspFactory,
     ) -> _Counts:
         counts = _Counts(remaining=len(targets))
-        for target in targets:
-            if responder.cancel_requested:
-                break
-            counts.remaining -= 1
-            outcome = await self._sub_operation(target, sender, originator)
-            if outcome == "completed":
-                counts.completed += 1
-            elif outcome == "warning":
-                counts.warning += 1
-            else:
-                counts.failed += 1
-                counts.failed_uids.append(target.sop_instance_uid)
-            if counts.remaining:
-                # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
-                await responder.respond(
-                    pending(
-                        command,
-                        status.PENDING,
-                        remaining=counts.remaining,
-                        completed=counts.completed,
-                        failed=counts.failed,
-                        warning=counts.warning,
-                    )
-                )
+        # The next instance is read (in a thread) while this one is sent and acknowledged: the
+        # sub-operations are one at a time (PS3.7 asynchronous operations are not negotiated), so
+        # the read would otherwise add a thread trip and the file's read to each one's latency.
+        ahead: asyncio.Task[_Loaded | None] | None = None
+        try:
+            for i, target in enumerate(targets):
+                if responder.cancel_requested:
+                    break
+                loading = ahead or asyncio.ensure_future(self._load(target, sender))
+                ahead = None
+                if i + 1 < len(targets):
+                    ahead = asyncio.ensure_future(self._load(targets[i + 1], sender))
+                counts.remaining -= 1
+                loaded = await loading
+                outcome = "failed"
+                if loaded is not None:
+                    outcome = await self._sub_operation(target, sender, originator, *loaded)
+                await self._count(outcome, target, counts, responder, command, pending)
+        finally:
+            if ahead is not None:
+                ahead.cancel()  # cancelled, or its result dropped: one instance's worth at most
+                ahead.add_done_callback(_consume)
         return counts
 
-    async def _sub_operation(
-        self, target: Target, sender: _Sender, originator: tuple[str, int] | None
-    ) -> str:
+    async def _count(
+        self,
+        outcome: str,
+        target: Target,
+        counts: _Counts,
+        responder: Responder,
+        command: CGetRQ | CMoveRQ,
+        pending: _RspFactory,
+    ) -> None:
+        if outcome == "completed":
+            counts.completed += 1
+        elif outcome == "warning":
+            counts.warning += 1
+        else:
+            counts.failed += 1
+            counts.failed_uids.append(target.sop_instance_uid)
+        if counts.remaining:
+            # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
+            await responder.respond(
+                pending(
+                    command,
+                    status.PENDING,
+                    remaining=counts.remaining,
+                    completed=counts.completed,
+                    failed=counts.failed,
+                    warning=counts.warning,
+                )
+            )
+
+    async def _load(self, target: Target, sender: _Sender) -> _Loaded | None:
+        """The context to send `target` on and its data set, read (and converted) in a thread;
+        None (logged) when no accepted context takes it or the file cannot be read."""
         choice = _choose_context(sender.contexts, target)
         if choice is None:
             log.info("sub_operation_no_context", sop_instance_uid=target.sop_instance_uid)
-            return "failed"
+            return None
         context, dataset = choice
         path = self._files.path(target.relpath)
         try:
@@ -295,7 +326,17 @@ class RetrieveService:
             log.warning(
                 "sub_operation_unreadable", sop_instance_uid=target.sop_instance_uid, error=str(e)
             )
-            return "failed"
+            return None
+        return context, source
+
+    async def _sub_operation(
+        self,
+        target: Target,
+        sender: _Sender,
+        originator: tuple[str, int] | None,
+        context: AcceptedContext,
+        source: DatasetSource,
+    ) -> str:
         rq = CStoreRQ(
             message_id=sender.next_message_id(),
             affected_sop_class_uid=target.sop_class_uid,
@@ -512,6 +553,11 @@ def _proposals(targets: Sequence[Target]) -> list[ProposedContext]:
 # A stored file up to this size is read whole where its dataset offset is found: one trip to a
 # thread per sub-operation. Larger ones are streamed by the sender, a chunk at a time.
 PRELOAD = 1 << 20
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a read ahead that is not used is not an error
 
 
 def _file_slice(path: Path) -> FileSlice:

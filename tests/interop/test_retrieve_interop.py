@@ -221,6 +221,29 @@ async def test_c_get_without_a_storage_role_fails_every_sub_operation(tmp_path: 
     assert sorted(ident.FailedSOPInstanceUIDList) == sorted(by_uid(files))
 
 
+async def test_an_unreadable_file_fails_its_sub_operation_only(tmp_path: Path) -> None:
+    """Instances are read one ahead of the one being sent: a file gone from the store still fails
+    just its own sub-operation (B000, one failed) and every other instance arrives intact."""
+    files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=2, per_series=3)
+    expected = by_uid(files)
+    lost = sorted(expected)[2]
+    async with run_runtime() as (server, runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        stored = await runtime.index.get(lost)
+        assert stored is not None
+        runtime.files.path(stored.relpath).unlink()
+        identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+        statuses, received, final = await asyncio.to_thread(
+            _pynetdicom_get, server.port, STUDY_ROOT_GET, identifier
+        )
+    assert statuses[-1] == status.SUBOPS_WARNING
+    assert final is not None
+    assert final.NumberOfFailedSuboperations == 1
+    assert final.NumberOfCompletedSuboperations == len(files) - 1
+    del expected[lost]
+    assert received == expected
+
+
 async def test_dcmtk_getscu(tmp_path: Path) -> None:
     getscu = require_tool("getscu")
     files = await asyncio.to_thread(make_study, tmp_path / "in")
