@@ -131,18 +131,18 @@ class Channel:
         thousands of responses, or a C-GET its sub-operations, pays for no PDU object and no
         state-machine dispatch per PDU.
         """
+        if dataset is not None and not isinstance(dataset, FileSlice):
+            await self.send_messages(context_id, message, (dataset,))
+            return
         max_pdu = self.connection.peer_max_pdu_length
         command = self._command_pdus(context_id, message, max_pdu)
-        if isinstance(dataset, FileSlice):
-            async with self._send_lock:
-                self.connection.send_encoded_data(command)
-                await self.flush()
-                await self._send_file(context_id, dataset, max_pdu)
+        if dataset is None:
+            await self._send_queued(command)
             return
-        pieces = command
-        if dataset is not None:
-            pieces = command + encoded_message(context_id, dataset, max_pdu, is_command=False)
-        await self._send_queued(pieces)
+        async with self._send_lock:
+            self.connection.send_encoded_data(command)
+            await self.flush()
+            await self._send_file(context_id, dataset, max_pdu)
 
     async def send_messages(
         self, context_id: int, message: Message, datasets: Sequence[bytes]
@@ -216,15 +216,17 @@ class Channel:
         else:
             f, chunk = await asyncio.to_thread(_open_and_read, source, FILE_CHUNK)
         try:
-            remaining = source.length - len(chunk)
-            if len(chunk) < min(FILE_CHUNK, source.length):
-                raise OSError(f"{source.path} is shorter than its index entry")
+            remaining = source.length
             while True:
+                if len(chunk) < min(FILE_CHUNK, remaining):
+                    raise OSError(f"{source.path} is shorter than its index entry")
+                remaining -= len(chunk)
                 pending = None
                 if remaining:
                     assert f is not None
-                    size = min(FILE_CHUNK, remaining)
-                    pending = asyncio.ensure_future(asyncio.to_thread(f.read, size))
+                    pending = asyncio.ensure_future(
+                        asyncio.to_thread(f.read, min(FILE_CHUNK, remaining))
+                    )
                 # Up to FILE_CHUNK (= FLUSH_EVERY) bytes queued, then written and drained.
                 self.connection.send_encoded_data(
                     encoded_fragments(
@@ -239,9 +241,6 @@ class Channel:
                 if pending is None:
                     return
                 chunk = await pending
-                if len(chunk) < size:
-                    raise OSError(f"{source.path} is shorter than its index entry")
-                remaining -= len(chunk)
         finally:
             if f is not None:
                 await asyncio.to_thread(f.close)

@@ -295,9 +295,8 @@ class ResponseEncoder:
 
     def _choose(self, row: tuple[Any, ...]) -> tuple[str, bytes] | None:
         """(codec, Specific Character Set element) for a row with a non-ASCII value; None when
-        the general builder must answer it."""
-        if self._query_codec in _EVERY_CHARACTER:
-            return self._query_codec, self._query_charset
+        the general builder must answer it (a query in UTF-8 or GB18030 never gets here: _encode
+        answers every row in it)."""
         if self._query_codec is not None:
             values = [row[i] for i in self._texts if isinstance(row[i], str)]
             try:
@@ -320,9 +319,10 @@ def _compiled(source: str) -> CodeType:
 
 def _text_block(n: int, ref: int, limit: int, encode: str | None) -> list[str]:
     """Generated lines that leave element n's value bytes in d<n> (empty for None or ""), padded
-    to even length (PS3.5 6.2), and their length in k<n>, or return None when it is too long for the header. `encode` is
-    the method call for a str; None for a PN in a codec (_pn_bytes). A str that is ASCII is
-    encoded as ASCII in any codec, which every supported charset agrees with."""
+    to even length (PS3.5 6.2), and their length in k<n>, or return None when it is too long for
+    the header. `encode` is the method call for a str; None for a PN in a codec (_pn_bytes). A
+    str that is ASCII is encoded as ASCII in any codec, which every supported charset agrees
+    with."""
     if encode is None:
         convert = [
             f"        d{n} = text.encode() if text.isascii() else _pn_bytes(text, codec)",

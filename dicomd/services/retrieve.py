@@ -123,6 +123,16 @@ class _Counts:
     warning: int = 0
     failed_uids: list[str] = field(default_factory=list)
 
+    def add(self, outcome: str, sop_instance_uid: str) -> None:
+        """Count one finished sub-operation ("completed", "warning", or anything else: failed)."""
+        if outcome == "completed":
+            self.completed += 1
+        elif outcome == "warning":
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(sop_instance_uid)
+
 
 class RetrieveService:
     def __init__(
@@ -270,41 +280,24 @@ class RetrieveService:
                 outcome = "failed"
                 if loaded is not None:
                     outcome = await self._sub_operation(target, sender, originator, *loaded)
-                await self._count(outcome, target, counts, responder, command, pending)
+                counts.add(outcome, target.sop_instance_uid)
+                if counts.remaining:
+                    # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
+                    await responder.respond(
+                        pending(
+                            command,
+                            status.PENDING,
+                            remaining=counts.remaining,
+                            completed=counts.completed,
+                            failed=counts.failed,
+                            warning=counts.warning,
+                        )
+                    )
         finally:
             if ahead is not None:
                 ahead.cancel()  # cancelled, or its result dropped: one instance's worth at most
                 ahead.add_done_callback(_consume)
         return counts
-
-    async def _count(
-        self,
-        outcome: str,
-        target: Target,
-        counts: _Counts,
-        responder: Responder,
-        command: CGetRQ | CMoveRQ,
-        pending: _RspFactory,
-    ) -> None:
-        if outcome == "completed":
-            counts.completed += 1
-        elif outcome == "warning":
-            counts.warning += 1
-        else:
-            counts.failed += 1
-            counts.failed_uids.append(target.sop_instance_uid)
-        if counts.remaining:
-            # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
-            await responder.respond(
-                pending(
-                    command,
-                    status.PENDING,
-                    remaining=counts.remaining,
-                    completed=counts.completed,
-                    failed=counts.failed,
-                    warning=counts.warning,
-                )
-            )
 
     async def _load(self, target: Target, sender: _Sender) -> _Loaded | None:
         """The context to send `target` on and its data set, read (and converted) in a thread;

@@ -92,7 +92,7 @@ class Rows:
             page = await self._guarded(pending)
         else:
             page = await self._guarded(self._cursor.fetchmany(n))
-        rows = list(page) if self._convert is not None else [tuple(row) for row in page]
+        rows = list(page)  # tuples (the pool's connections have no row factory), or converted
         if len(rows) < n:
             self._done = True
         elif then > 0:
