@@ -181,6 +181,7 @@ class FindClient:
         first: float | None = None
         matches = 0
         command = bytearray()
+        previous: tuple[bytes, tuple[int, int, int, str]] = (b"", (-1, -1, -1, ""))
         command_done = False  # the current message's command set is complete
         code = dataset_type = -1
         comment = ""
@@ -213,7 +214,9 @@ class FindClient:
                     command += buffer[data_start:offset]
                     if not last:
                         continue
-                    code, dataset_type, responded, comment = _command_fields(bytes(command))
+                    if command != previous[0]:  # pending responses often repeat one command set
+                        previous = (bytes(command), _command_fields(bytes(command)))
+                    code, dataset_type, responded, comment = previous[1]
                     command.clear()
                     if responded != message_id:
                         raise FindFailed(f"response to message {responded}, not {message_id}")

@@ -4,8 +4,14 @@ Owns: `ResponseEncoder`, which turns one matching row into the bytes of its C-FI
 identifier. It is built once per query: the layout (every response element in ascending tag order,
 PS3.5 7.1), the element headers, and the elements whose value is the same for every row (Query/
 Retrieve Level, Retrieve AE Title, constants, keys answered empty) are encoded once; per row only
-the row's values are encoded, with str.encode, and joined.
+the row's values are encoded and joined.
 Must not know: SQL, the network.
+
+Rows come with their text as the UTF-8 bytes the index holds (`text_as_bytes`: the caller reads
+them with sqlite3's text_factory bytes). A value that is ASCII is the same bytes in every supported
+character set, and a UTF-8 response takes any value as it is: such rows are encoded without
+decoding a str and encoding it again. Only a row with a non-ASCII value in another character set
+is decoded (text_row) and encoded with that set's codec.
 
 The bytes are exactly those of response.response_identifier (the general builder, which goes
 through pydicom for what needs it); tests/query/test_row_encoder.py compares the two on generated
@@ -80,7 +86,10 @@ STATELESS_CHARSETS: Final = frozenset(
 # The codecs of those that represent every Unicode character (UTF-8, and GB 18030 by its
 # four-byte sequences): no need to try each value (a lone surrogate still fails the encoding,
 # and then the general builder answers the row).
-_EVERY_CHARACTER: Final = frozenset({python_encoding["ISO_IR 192"], python_encoding["GB18030"]})
+_UTF8_CODEC: Final = python_encoding[UTF8]
+_EVERY_CHARACTER: Final = frozenset({_UTF8_CODEC, python_encoding["GB18030"]})
+# What raw_ascii returns for a row with a value that is not ASCII.
+_NON_ASCII: Final = object()
 
 # Slot kinds of the layout.
 _FIXED: Final = 0  # bytes encoded once
@@ -131,11 +140,16 @@ class ResponseEncoder:
         self.fast = all(o.source is not Source.ATTRIBUTES for o in plan.outputs)
         self._slots: list[_Slot] = []
         self._texts: list[int] = []  # row indexes of the values the charset choice looks at
-        self._in_ascii: Callable[[tuple[Any, ...]], bytes | None]
+        self._raw_ascii: Callable[[tuple[Any, ...]], object]
+        self._raw_utf8: Callable[[tuple[Any, ...]], bytes | None]
         self._in_charset: Callable[[tuple[Any, ...], str, bytes], bytes | None]
         if self.fast:
             self._compile()
             self._generate()
+        # Whether the rows must be read with their text as UTF-8 bytes (sqlite3's text_factory
+        # bytes): what the index holds, so an ASCII value or a value of a UTF-8 response is taken
+        # as read, neither decoded into a str nor encoded again (a fifth of a row's work).
+        self.text_as_bytes = self.fast
 
     # -- compiling -------------------------------------------------------------------------------
 
@@ -206,6 +220,7 @@ class ResponseEncoder:
                 data = None
             if data is not None:
                 return data
+            row = text_row(row)
         return response_identifier(
             self._query,
             self._plan,
@@ -216,19 +231,20 @@ class ResponseEncoder:
         )
 
     def _encode(self, row: tuple[Any, ...]) -> bytes | None:
+        if self._query_codec == _UTF8_CODEC:
+            # The stored UTF-8 is the response's encoding: every row is answered as read.
+            return self._finish(self._raw_utf8(row))
+        data = self._raw_ascii(row)
+        if data is not _NON_ASCII:  # every value ASCII: the bytes as read, no charset decision
+            return self._finish(data)  # type: ignore[arg-type]  # bytes or None
+        row = text_row(row)
         if self._query_codec in _EVERY_CHARACTER:
-            # The query's character set answers every row, and its element is the same whether
-            # or not the row's values are all ASCII: no need to look at them first.
+            # The query's character set (GB18030) represents every value: no need to try each.
             return self._finish(self._in_charset(row, self._query_codec, self._query_charset))
-        for i in self._texts:
-            value = row[i]
-            if value.__class__ is str and not value.isascii():
-                chosen = self._choose(row)
-                if chosen is None:
-                    return None
-                return self._finish(self._in_charset(row, *chosen))
-        # Every value ASCII: str.encode() of each, no charset decision to make.
-        return self._finish(self._in_ascii(row))
+        chosen = self._choose(row)
+        if chosen is None:
+            return None
+        return self._finish(self._in_charset(row, *chosen))
 
     def _finish(self, result: bytes | None) -> bytes | None:
         if result is not None and self._deflate:
@@ -237,60 +253,82 @@ class ResponseEncoder:
         return result
 
     def _generate(self) -> None:
-        """Compile the layout into two functions of a row: one for rows whose values are all
-        ASCII, one for rows in a chosen codec. Straight-line code, one block per element: a loop
-        over the slots cost about 1 us per element per row (tuple unpacking, branching on the
-        kind), most of a response's encoding; the generated code does only the element's work.
+        """Compile the layout into straight-line functions of a row, one block per element: a
+        loop over the slots cost about 1 us per element per row (tuple unpacking, branching on
+        the kind), most of a response's encoding; the generated code does only the element's work.
+        raw_ascii and raw_utf8 take the row as read (text_as_bytes): raw_ascii answers a row whose
+        values are all ASCII and gives up (_NON_ASCII) at the first that is not; raw_utf8 answers
+        any row of a query in UTF-8. in_charset takes a row of str (text_row) and a chosen codec.
         What each block does is what response.response_identifier does for that VR (the tests
         compare the bytes)."""
         names: dict[str, Any] = {
             "_encode_simple": _encode_simple,
             "_Simple": _Simple,
             "_pn_bytes": _pn_bytes,
+            "_pn_utf8": _pn_utf8,
+            "_NON_ASCII": _NON_ASCII,
             "binary": self._binary,
             "ascii_charset": self._ascii_charset,
+            "query_charset": self._query_charset,
         }
         ascii_body: list[str] = []
+        utf8_body: list[str] = []
         coded_body: list[str] = []
         ascii_parts: list[str] = []
+        utf8_parts: list[str] = []
         coded_parts: list[str] = []
         for n, (kind, ref, prefix, vr, pack, pad, limit) in enumerate(self._slots):
             if kind == _FIXED:
                 names[f"fixed{n}"] = ref
-                ascii_parts.append(f"fixed{n}")
-                coded_parts.append(f"fixed{n}")
+                parts = [f"fixed{n}"]
+                ascii_parts += parts
+                utf8_parts += parts
+                coded_parts += parts
             elif kind == _CHARSET:
                 ascii_parts.append("ascii_charset")
+                utf8_parts.append("query_charset")
                 coded_parts.append("charset")
             elif kind == _TEXT:
                 names[f"prefix{n}"], names[f"pack{n}"], names[f"pad{n}"] = prefix, pack, pad
-                ascii_body += _text_block(n, ref, limit, ".encode()")
+                ascii_body += _raw_block(n, ref, limit, "return _NON_ASCII")
                 if vr not in _CHARSET_VRS:
                     coded = '.encode("ascii", errors="replace")'
+                    utf8 = f'd{n} = value.decode().encode("ascii", errors="replace")'
                 elif vr == "PN":
                     coded = None
+                    utf8 = f"d{n} = _pn_utf8(value)"
                 else:
                     coded = ".encode(codec)"
+                    utf8 = f"d{n} = value"
+                utf8_body += _raw_block(n, ref, limit, utf8)
                 coded_body += _text_block(n, ref, limit, coded)
                 parts = [f"prefix{n}", f"pack{n}(k{n})", f"d{n}"]
                 ascii_parts += parts
+                utf8_parts += parts
                 coded_parts += parts
-            else:  # _OTHER: prefix holds the tag
-                part = f"_encode_simple(_Simple({prefix}, {vr!r}, row[{ref}]), *binary)"
-                ascii_parts.append(part)
-                coded_parts.append(part)
+            else:  # _OTHER: prefix holds the tag; a number, but a column may hold text
+                ascii_body += _raw_other(n, ref, "return _NON_ASCII")
+                utf8_body += _raw_other(n, ref, "pass")
+                ascii_parts.append(f"o{n}")
+                utf8_parts.append(f"o{n}")
+                names[f"tag{n}"], names[f"vr{n}"] = prefix, vr
+                coded_parts.append(f"_encode_simple(_Simple(tag{n}, vr{n}, row[{ref}]), *binary)")
         source = "\n".join(
             [
-                "def in_ascii(row):",
+                "def raw_ascii(row):",
                 *ascii_body,
                 f"    return b''.join(({', '.join(ascii_parts)},))",
+                "def raw_utf8(row):",
+                *utf8_body,
+                f"    return b''.join(({', '.join(utf8_parts)},))",
                 "def in_charset(row, codec, charset):",
                 *coded_body,
                 f"    return b''.join(({', '.join(coded_parts)},))",
             ]
         )
         exec(_compiled(source), names)  # our own source, made above
-        self._in_ascii = names["in_ascii"]
+        self._raw_ascii = names["raw_ascii"]
+        self._raw_utf8 = names["raw_utf8"]
         self._in_charset = names["in_charset"]
 
     def _choose(self, row: tuple[Any, ...]) -> tuple[str, bytes] | None:
@@ -329,8 +367,6 @@ def _text_block(n: int, ref: int, limit: int, encode: str | None) -> list[str]:
             f"        if d{n} is None:",
             "            return None",
         ]
-    elif encode == ".encode()":
-        convert = [f"        d{n} = text.encode()"]
     else:
         convert = [f"        d{n} = text.encode() if text.isascii() else text{encode}"]
     return [
@@ -341,6 +377,51 @@ def _text_block(n: int, ref: int, limit: int, encode: str | None) -> list[str]:
         "    else:",
         "        text = value if value.__class__ is str else str(value)",
         *convert,
+        *_length_lines(n, limit),
+    ]
+
+
+def _raw_block(n: int, ref: int, limit: int, non_ascii: str) -> list[str]:
+    """As _text_block, for a value as read with text_as_bytes: its UTF-8 bytes (a number is
+    formatted as str() does). An ASCII value is its own encoding in every supported charset;
+    `non_ascii` is the statement for one that is not (it leaves d<n>, None for a value the
+    general builder must answer, or returns)."""
+    return [
+        f"    value = row[{ref}]",
+        '    if value is None or value == b"":',
+        f'        d{n} = b""',
+        f"        k{n} = 0",
+        "    else:",
+        "        if value.__class__ is not bytes:",
+        "            value = str(value).encode()",
+        "        if value.isascii():",
+        f"            d{n} = value",
+        "        else:",
+        f"            {non_ascii}",
+        *(
+            []
+            if non_ascii.startswith("return")
+            else [f"            if d{n} is None:", "                return None"]
+        ),
+        *_length_lines(n, limit),
+    ]
+
+
+def _raw_other(n: int, ref: int, non_ascii: str) -> list[str]:
+    """Generated lines that leave a binary VR element, encoded in full, in o<n>; text read as
+    bytes is decoded first (`non_ascii` runs first for text that is not ASCII)."""
+    return [
+        f"    value = row[{ref}]",
+        "    if value.__class__ is bytes:",
+        "        if not value.isascii():",
+        f"            {non_ascii}",
+        "        value = value.decode()",
+        f"    o{n} = _encode_simple(_Simple(tag{n}, vr{n}, value), *binary)",
+    ]
+
+
+def _length_lines(n: int, limit: int) -> list[str]:
+    return [
         f"        k{n} = len(d{n})",
         f"        if k{n} & 1:",
         f"            d{n} += pad{n}",
@@ -350,6 +431,15 @@ def _text_block(n: int, ref: int, limit: int, encode: str | None) -> list[str]:
     ]
 
 
+def text_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row read with text_as_bytes, its text as str (a row of str is returned as it is). The
+    index holds what Python wrote, valid UTF-8; should another writer have left something else,
+    the replacement character stands in rather than the query failing."""
+    if not any(v.__class__ is bytes for v in row):
+        return row
+    return tuple(v.decode(errors="replace") if v.__class__ is bytes else v for v in row)
+
+
 def _pn_bytes(text: str, codec: str) -> bytes | None:
     """A PN value in `codec`, as PersonName.encode writes it: empty trailing component groups
     dropped (PS3.5 6.2.1.1); None when a value has more than three component groups."""
@@ -357,3 +447,14 @@ def _pn_bytes(text: str, codec: str) -> bytes | None:
     if any(name.count("=") > 2 for name in names):
         return None
     return "\\".join(name.rstrip("=") for name in names).encode(codec)
+
+
+def _pn_utf8(raw: bytes) -> bytes | None:
+    """_pn_bytes(raw.decode(), "utf-8") without decoding: the backslash and "=" are single bytes
+    in UTF-8, never part of another character, so the same splitting applies to the bytes."""
+    if b"\\" not in raw and raw.count(b"=") <= 2:  # one value: the common case
+        return raw.rstrip(b"=")
+    values = raw.split(b"\\")
+    if any(v.count(b"=") > 2 for v in values):
+        return None
+    return b"\\".join(v.rstrip(b"=") for v in values)

@@ -142,6 +142,7 @@ class FindService:
                 plan.params,
                 should_stop=lambda: responder.cancel_requested,
                 convert=encode,
+                text_as_bytes=encode.text_as_bytes,
             ) as rows:
                 page = FIRST_PAGE
                 while True:

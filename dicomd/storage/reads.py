@@ -198,15 +198,20 @@ class ReadPool:
         *,
         should_stop: Callable[[], bool] | None = None,
         convert: Callable[[tuple[Any, ...]], Any] | None = None,
+        text_as_bytes: bool = False,
     ) -> AsyncIterator[Rows]:
         """Run `sql` on a connection of the pool; the connection is held until the block exits.
 
         With `convert`, fetch() returns convert(row) for each row, called on the connection's
         thread as the row is read: work per row that would otherwise be done on the event loop,
         taking turns with that thread for the GIL after every row (C-FIND's response encoding).
+        With `text_as_bytes`, TEXT values come as their UTF-8 bytes (sqlite3's text_factory),
+        for a caller that would only encode them again.
         """
         async with self._slots:
             conn = await self._acquire()
+            # Read when sqlite3 builds each row; the connection is ours alone until we give it back.
+            conn.text_factory = bytes if text_as_bytes else str
             rows = Rows(conn, should_stop, convert)
             try:
                 await rows._start(sql, params)

@@ -18,7 +18,7 @@ from dicomd.query.matching import SQL_FUNCTIONS
 from dicomd.query.model import MODELS
 from dicomd.query.plan import build_plan
 from dicomd.query.response import response_identifier
-from dicomd.query.row_encoder import ResponseEncoder
+from dicomd.query.row_encoder import ResponseEncoder, text_row
 from dicomd.storage.index import Index
 from tests.query.data import (
     PATIENT_ROOT,
@@ -68,12 +68,12 @@ async def find(
         query, plan, ae_title="DICOMD", pn_case_insensitive=ci, transfer_syntax=EXPLICIT_LE
     )
     out = []
-    async with index.query(plan.sql, plan.params) as rows:
+    async with index.query(plan.sql, plan.params, text_as_bytes=encoder.text_as_bytes) as rows:
         for row in await rows.fetch(1000):
             data = response_identifier(
                 query,
                 plan,
-                row,
+                text_row(row) if encoder.text_as_bytes else row,
                 ae_title="DICOMD",
                 pn_case_insensitive=ci,
                 transfer_syntax=EXPLICIT_LE,
