@@ -107,7 +107,12 @@ def _cuts(total: int, kind: int, chunk: int, last: bool) -> Iterator[tuple[int, 
 
 
 def encoded_fragments(
-    context_id: int, data: bytes, *, is_command: bool, max_pdu_length: int, last: bool = True
+    context_id: int,
+    data: bytes | memoryview,
+    *,
+    is_command: bool,
+    max_pdu_length: int,
+    last: bool = True,
 ) -> list[bytes | memoryview]:
     """The PDUs fragment() makes, already encoded: the wire bytes of each P-DATA-TF PDU (PS3.8
     9.3.5) as a header and a view of `data`, with no copy of the data and no PDU object.

@@ -115,11 +115,16 @@ class Channel:
         if self._writer.is_closing():
             return
         self._writer.writelines(chunks)
-        try:
-            async with asyncio.timeout(self._write_timeout):
-                await self._writer.drain()
-        except TimeoutError:
-            raise WriteTimeout from None
+        if self._transport.get_write_buffer_size() <= self._transport.get_write_buffer_limits()[1]:
+            # Below the high-water mark the transport has not paused us: drain() returns at once
+            # (or raises what the connection met), and needs no deadline of its own.
+            await self._writer.drain()
+        else:
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    await self._writer.drain()
+            except TimeoutError:
+                raise WriteTimeout from None
         self.last_activity = self._loop.time()
 
     async def send_message(

@@ -27,7 +27,7 @@ class FileSlice:
     path: Path
     offset: int
     length: int
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
 
 
 # What a DIMSE message carries as its dataset: nothing, bytes in memory, or a stored file's tail.

@@ -459,10 +459,16 @@ class _GetSender:
 
     def __init__(self, responder: Responder) -> None:
         self._responder = responder
+        self._contexts: Mapping[int, AcceptedContext] | None = None
 
     @property
     def contexts(self) -> Mapping[int, AcceptedContext]:
-        return {k: c for k, c in self._responder.contexts.items() if c.requestor_is_scp}
+        # Negotiated once for the association: worked out at the first sub-operation, not each.
+        if self._contexts is None:
+            self._contexts = {
+                k: c for k, c in self._responder.contexts.items() if c.requestor_is_scp
+            }
+        return self._contexts
 
     def next_message_id(self) -> int:
         return self._responder.next_message_id()
@@ -563,7 +569,7 @@ def _file_slice(path: Path) -> FileSlice:
             offset = dataset_offset(whole[:PART10_HEAD])
             if len(whole) != size:
                 raise OSError(f"{path} changed while being read")
-            return FileSlice(path, offset, size - offset, whole[offset:])
+            return FileSlice(path, offset, size - offset, memoryview(whole)[offset:])  # no copy
         head = f.read(PART10_HEAD)
     offset = dataset_offset(head)
     return FileSlice(path, offset, size - offset)

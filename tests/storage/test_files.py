@@ -487,7 +487,18 @@ def test_relpath_refuses_a_non_ascii_uid() -> None:
 
 
 @pytest.mark.parametrize(
-    "relpath", ["../x", "objects/../../x", "/etc/passwd", "", ".", "objects/a\x00b"]
+    "relpath",
+    [
+        "../x",
+        "objects/../../x",
+        "objects/..",
+        "/etc/passwd",
+        "",
+        ".",
+        "./.",
+        "//",
+        "objects/a\x00b",
+    ],
 )
 def test_path_refuses_anything_outside_root(tmp_path: Path, relpath: str) -> None:
     store = FileStore(tmp_path, fsync=False)
