@@ -17,7 +17,8 @@ sets are buffered, and they are capped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,7 +29,7 @@ from dicomd.dimse.messages import (
     decode_command,
     has_dataset,
 )
-from dicomd.ul.codes import AbortReason, LocalProtocolError, RemoteProtocolError
+from dicomd.ul.codes import AbortReason, LocalProtocolError, PDUType, RemoteProtocolError
 from dicomd.ul.pdu import PDV, PDataTF, p_data_head
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "CommandReceived",
     "DatasetFragment",
     "MessageAssembler",
+    "data_set_framer",
     "encoded_fragments",
     "encoded_message",
     "fragment",
@@ -48,6 +50,9 @@ _PDV_OVERHEAD: Final = 6
 # Maximum Length 0 means "no limit" (PS3.8 D.1); we still cut, so no single PDU is unboundedly big.
 UNLIMITED_CHUNK: Final = 1 << 20
 
+# A P-DATA-TF PDU's header and its one PDV item's header, packed at once.
+_DATA_PDU_HEAD: Final = struct.Struct(">BxLLBB")
+_P_DATA_TF: Final = int(PDUType.P_DATA_TF)
 _COMMAND_BIT: Final = 0x01  # PS3.8 E.2 bit 0: 1 = command information, 0 = data set information
 _LAST_BIT: Final = 0x02  # PS3.8 E.2 bit 1: 1 = last fragment of this command or data set
 
@@ -143,6 +148,25 @@ def encoded_message(
         kind = (_COMMAND_BIT if is_command else 0) | _LAST_BIT
         return [p_data_head(context_id, kind, len(data)) + data]
     return encoded_fragments(context_id, data, is_command=is_command, max_pdu_length=max_pdu_length)
+
+
+def data_set_framer(context_id: int, max_pdu_length: int) -> Callable[[bytes], bytes]:
+    """A function from a data set held in memory to the wire bytes of its P-DATA-TF PDUs, joined:
+    what encoded_message(is_command=False) gives, as one bytes object. Pure, so it may run on any
+    thread: C-FIND frames each response where it is encoded, and the event loop only writes."""
+    chunk = _chunk_size(context_id, max_pdu_length)
+    pack = _DATA_PDU_HEAD.pack
+
+    def frame(data: bytes) -> bytes:
+        size = len(data)
+        if 0 < size <= chunk:
+            # PS3.8 Table 9-22 and 9-23: PDU-type, PDU-length, Item-length, context, header.
+            return pack(_P_DATA_TF, size + 6, size + 2, context_id, _LAST_BIT) + data
+        return b"".join(
+            encoded_fragments(context_id, data, is_command=False, max_pdu_length=max_pdu_length)
+        )
+
+    return frame
 
 
 @dataclass(frozen=True, slots=True)

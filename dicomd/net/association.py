@@ -109,9 +109,12 @@ class _Responder:
         await self._channel.send_message(self._op.context_id, message, dataset)
         self.last_status = getattr(message, "status", None)
 
-    async def respond_each(self, message: Message, datasets: Sequence[bytes]) -> None:
-        await self._channel.send_messages(self._op.context_id, message, datasets)
-        if datasets:
+    def framer(self) -> Callable[[bytes], bytes]:
+        return self._channel.framer(self._op.context_id)
+
+    async def respond_each(self, message: Message, framed: Sequence[bytes]) -> None:
+        await self._channel.send_framed(self._op.context_id, message, framed)
+        if framed:
             self.last_status = getattr(message, "status", None)
 
     @property

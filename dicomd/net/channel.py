@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import BinaryIO
 
-from dicomd.dimse.fragments import encoded_fragments, encoded_message
+from dicomd.dimse.fragments import data_set_framer, encoded_fragments, encoded_message
 from dicomd.dimse.messages import Message, encode_command
 from dicomd.services.base import FileSlice
 from dicomd.ul.connection import Connection, ConnectionEvent, NeedData
@@ -78,6 +78,7 @@ class Channel:
         self._unflushed = 0
         self._flush_scheduled = False
         self._last_command: tuple[Message, int, int, list[bytes | memoryview]] | None = None
+        self._last_command_bytes: tuple[Message, int, bytes] | None = None
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
 
@@ -136,31 +137,36 @@ class Channel:
         thousands of responses, or a C-GET its sub-operations, pays for no PDU object and no
         state-machine dispatch per PDU.
         """
-        if dataset is not None and not isinstance(dataset, FileSlice):
-            await self.send_messages(context_id, message, (dataset,))
-            return
         max_pdu = self.connection.peer_max_pdu_length
         command = self._command_pdus(context_id, message, max_pdu)
         if dataset is None:
             await self._send_queued(command)
+            return
+        if not isinstance(dataset, FileSlice):
+            await self._send_queued(
+                [*command, *encoded_message(context_id, dataset, max_pdu, is_command=False)]
+            )
             return
         async with self._send_lock:
             self.connection.send_encoded_data(command)
             await self.flush()
             await self._send_file(context_id, dataset, max_pdu)
 
-    async def send_messages(
-        self, context_id: int, message: Message, datasets: Sequence[bytes]
-    ) -> None:
-        """send_message(message, dataset) for each of the data sets, queued as one run."""
-        max_pdu = self.connection.peer_max_pdu_length
-        command = self._command_pdus(context_id, message, max_pdu)
-        pieces: list[bytes | memoryview] = []
-        for dataset in datasets:
-            pieces += command
-            pieces += encoded_message(context_id, dataset, max_pdu, is_command=False)
+    def framer(self, context_id: int) -> Callable[[bytes], bytes]:
+        """fragments.data_set_framer for this association's peer: a data set in memory -> the wire
+        bytes of its PDUs (pure; any thread may run it)."""
+        return data_set_framer(context_id, self.connection.peer_max_pdu_length)
+
+    async def send_framed(self, context_id: int, message: Message, framed: Sequence[bytes]) -> None:
+        """send_message(message, dataset) for each data set, given as framer()'s wire bytes:
+        queued as one run, in one piece (a page of C-FIND responses)."""
+        command = self._command_bytes(context_id, message)
+        pieces: list[bytes] = []
+        for data in framed:
+            pieces.append(command)
+            pieces.append(data)
         if pieces:
-            await self._send_queued(pieces)
+            await self._send_queued([b"".join(pieces)])
 
     async def _send_queued(self, pieces: list[bytes | memoryview]) -> None:
         """Messages held in memory, whole."""
@@ -189,6 +195,17 @@ class Channel:
         pieces = encoded_message(context_id, encode_command(message), max_pdu, is_command=True)
         self._last_command = (message, context_id, max_pdu, pieces)
         return pieces
+
+    def _command_bytes(self, context_id: int, message: Message) -> bytes:
+        """_command_pdus() joined into one piece, kept alike for the last message."""
+        cached = self._last_command_bytes
+        if cached is not None and cached[0] is message and cached[1] == context_id:
+            return cached[2]
+        data = b"".join(
+            self._command_pdus(context_id, message, self.connection.peer_max_pdu_length)
+        )
+        self._last_command_bytes = (message, context_id, data)
+        return data
 
     def _queue(self, pieces: list[bytes | memoryview]) -> bool:
         """Queue a message held in memory, to be written together with whatever else is sent

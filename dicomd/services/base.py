@@ -59,9 +59,13 @@ class Responder(Protocol):
     async def respond(self, message: Message, dataset: bytes | None = None) -> None:
         """Send one DIMSE message (a response, or a pending response) on the request's context."""
 
-    async def respond_each(self, message: Message, datasets: Sequence[bytes]) -> None:
-        """Send `message` once with each data set, in order: a run of pending responses (C-FIND)
-        queued together, the command encoded once."""
+    def framer(self) -> Callable[[bytes], bytes]:
+        """A data set -> the wire bytes of its PDUs on the request's context, for respond_each();
+        pure, so it may run on another thread (where C-FIND encodes its responses)."""
+
+    async def respond_each(self, message: Message, framed: Sequence[bytes]) -> None:
+        """Send `message` once with each data set (framer()'s bytes), in order: a run of pending
+        responses (C-FIND) queued together, the command encoded once."""
 
     @property
     def cancel_requested(self) -> bool:

@@ -23,8 +23,9 @@ per matching row as the cursor advances, and the final status, in one place:
 Rows are fetched a page at a time (a small first page, so that the first response leaves quickly),
 never the whole result; the next page is read on the connection's thread while one is being sent.
 Each row becomes its identifier through a ResponseEncoder compiled once per query (row_encoder.py),
-on that thread as the row is read: the event loop only queues runs of RUN responses, their pending
-command encoded once (Channel.send_messages), and looks for a C-CANCEL between runs.
+framed in its P-DATA-TF PDU, on that thread as the row is read: the event loop only queues runs of
+RUN responses, their pending command encoded once, as one piece (Channel.send_framed), and looks
+for a C-CANCEL between runs.
 The counts (Number of ... Related ...) and Modalities in Study are columns the index keeps up to
 date with triggers (storage/schema.py, version 2): counting per matched study at query time cost
 more than the rest of a name query's work together.
@@ -135,13 +136,18 @@ class FindService:
             pn_case_insensitive=self._pn_case_insensitive,
             transfer_syntax=request.context.transfer_syntax,
         )
+        frame = responder.framer()
+
+        def convert(row: tuple[object, ...]) -> bytes:
+            return frame(encode(row))
+
         try:
-            # Each row becomes its identifier on the reading thread, as it is read.
+            # Each row becomes its identifier, in its PDUs, on the reading thread as it is read.
             async with self._index.query(
                 plan.sql,
                 plan.params,
                 should_stop=lambda: responder.cancel_requested,
-                convert=encode,
+                convert=convert,
                 text_as_bytes=encode.text_as_bytes,
             ) as rows:
                 page = FIRST_PAGE

@@ -15,6 +15,7 @@ from dicomd.dimse.fragments import (
     CommandReceived,
     DatasetFragment,
     MessageAssembler,
+    data_set_framer,
     encoded_fragments,
     encoded_message,
     fragment,
@@ -177,6 +178,8 @@ def test_an_encoded_message_is_the_bytes_of_fragment(
     assert b"".join(pieces) == b"".join(expected)
     if len(expected) == 1 and data:
         assert pieces == expected  # one PDU: one piece
+    if not is_command:
+        assert data_set_framer(context_id, max_pdu_length)(data) == b"".join(expected)
 
 
 @pytest.mark.parametrize(("context_id", "max_pdu_length"), [(0, 100), (256, 100), (1, 6)])
@@ -185,6 +188,8 @@ def test_encoded_fragments_check_arguments(context_id: int, max_pdu_length: int)
         encoded_fragments(context_id, b"x", is_command=False, max_pdu_length=max_pdu_length)
     with pytest.raises(LocalProtocolError):
         encoded_message(context_id, b"x", max_pdu_length, is_command=False)
+    with pytest.raises(LocalProtocolError):
+        data_set_framer(context_id, max_pdu_length)
 
 
 # --- MessageAssembler: well-formed traffic -------------------------------------------------------
