@@ -7,7 +7,8 @@ queries are timed one after another on one association: by PatientID, by a Patie
 ("WANG*"), by a one-month StudyDate range, and the universal query (time to the first and to the
 last response), with dicomd's resident memory sampled while the universal query streams.
 (b) The same kind of archive, 2,000 small instances, is stored with storescu into each server
-(started fresh) and the same query shapes are timed against each with the same client.
+(started fresh) and the same query shapes are timed against each with the same client, the
+servers taking turns query by query.
 The client runs in this process: raw PDUs on one association, negotiated with dicomd's pure
 Upper Layer codec (bench/findclient.py).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import shutil
@@ -442,6 +444,10 @@ def print_a(run: ServerRun) -> list[dict[str, Any]]:
 def part_b(
     args: argparse.Namespace, peers: Peers, servers: list[QRServer], tmp: Path
 ) -> tuple[findgen.Archive, list[ServerRun]]:
+    """Every server started and loaded, then the same queries timed against them in turns: query i
+    of a shape goes to each server before query i + 1 goes to any, so that a slow spell of the
+    machine (its speed drifts by a third and more within minutes) falls on all of them alike
+    rather than on whichever server's block it happened to hit."""
     archive = findgen.plan_archive(args.small_patients, args.small, args.seed + 1)
     started = time.monotonic()
     data = tmp / "b" / "data"
@@ -451,51 +457,135 @@ def part_b(
         f"{archive.instances} files written in {time.monotonic() - started:.1f} s"
     )
     shapes = queries(archive, args.queries, args.seed + 1)
-    runs = []
-    for server in servers:
-        run = ServerRun(server.key, server.label)
-        workdir = tmp / "b" / server.key
-        try:
-            _bench_small(server, peers, archive, data, shapes, workdir, args, run)
-        except (BenchError, FindFailed, TimeoutError, OSError, subprocess.SubprocessError) as e:
-            run.status, run.reason = "FAILED", str(e) or type(e).__name__
+    runs = [ServerRun(server.key, server.label) for server in servers]
+    with contextlib.ExitStack() as stack:
+        live: list[_Live] = []
+        for server, run in zip(servers, runs, strict=True):
+            try:
+                live.append(_start_small(server, peers, archive, data, tmp / "b", args, run, stack))
+            except (BenchError, TimeoutError, OSError, subprocess.SubprocessError) as e:
+                run.status, run.reason = "FAILED", str(e) or type(e).__name__
+        counts = {key: args.queries for key in shapes}
+        counts["universal"] = args.universal
+        if live:
+            try:
+                run_async(asyncio.wait_for(measure_in_turns(live, shapes, counts), args.timeout))
+            except TimeoutError:
+                for one in live:
+                    if one.run.status == "ok":
+                        one.run.status, one.run.reason = "FAILED", "timed out"
+    for server, run in zip(servers, runs, strict=True):
         print(f"  {server.label}: {run.status} {run.reason}".rstrip())
-        runs.append(run)
         if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(tmp / "b" / server.key, ignore_errors=True)
     return archive, runs
 
 
-def _bench_small(
+@dataclass(eq=False)
+class _Live:
+    """A server of part (b), loaded and answering."""
+
+    server: QRServer
+    run: ServerRun
+    port: int
+    proc: subprocess.Popen[bytes]
+    client: FindClient | None = None
+
+
+def _start_small(
     server: QRServer,
     peers: Peers,
     archive: findgen.Archive,
     data: Path,
-    shapes: dict[str, list[Query]],
-    workdir: Path,
+    base: Path,
     args: argparse.Namespace,
     run: ServerRun,
-) -> None:
+    stack: contextlib.ExitStack,
+) -> _Live:
+    workdir = base / server.key
     port = common.free_port()
     extra = "[query]\nmax_matches = 0\n" if server.key == "dicomd" else ""
     launch: Launch = server.prepare(workdir, port, dicomd_extra=extra)
     log = workdir / "server.log"
-    with common.spawned(launch.argv, log=log, env=common.dcmtk_env(), cwd=workdir) as proc:
-        common.wait_ready(proc, peers.tool("echoscu"), port, server.ae_title, log, READY_TIMEOUT)
-        started = time.monotonic()
-        storescu_load(
-            peers.tool("storescu"), server, port, [data], workdir / "load.log", args.timeout
-        )
-        run.load_s = time.monotonic() - started
-        run.instances = server.stored(workdir, launch)
-        if run.instances != archive.instances:
-            raise BenchError(f"loaded {run.instances} of {archive.instances} instances")
+    proc = stack.enter_context(
+        common.spawned(launch.argv, log=log, env=common.dcmtk_env(), cwd=workdir)
+    )
+    common.wait_ready(proc, peers.tool("echoscu"), port, server.ae_title, log, READY_TIMEOUT)
+    started = time.monotonic()
+    storescu_load(peers.tool("storescu"), server, port, [data], workdir / "load.log", args.timeout)
+    run.load_s = time.monotonic() - started
+    run.instances = server.stored(workdir, launch)
+    if run.instances != archive.instances:
+        raise BenchError(f"loaded {run.instances} of {archive.instances} instances")
+    return _Live(server, run, port, proc)
+
+
+def _client(one: _Live) -> FindClient:
+    assert one.client is not None
+    return one.client
+
+
+async def measure_in_turns(
+    live: list[_Live], shapes: dict[str, list[Query]], counts: dict[str, int]
+) -> None:
+    """measure() for several servers at once: one association each, the queries in turns (the
+    server that goes first rotates), resident memory sampled around the universal queries."""
+
+    def fail(one: _Live, e: BaseException) -> None:
+        exited = one.proc.poll()
+        reason = str(e) or type(e).__name__
+        if exited is not None:
+            reason = f"server exited with {exited}: {reason}"
+        one.run.status, one.run.reason = "FAILED", reason
+
+    for one in live:
         try:
-            time_queries(run, port, server.ae_title, shapes, args, proc.pid)
+            one.client = await FindClient.open(HOST, one.port, one.server.ae_title)
         except (FindFailed, TimeoutError, OSError) as e:
-            if proc.poll() is not None:
-                raise BenchError(f"server exited with {proc.returncode}: {e}") from e
-            raise
+            fail(one, e)
+    try:
+        for shape, shape_queries in shapes.items():
+            active = [one for one in live if one.run.status == "ok" and one.client is not None]
+            encoded = {
+                id(one): [_client(one).encode(q.identifier) for q in shape_queries]
+                for one in active
+            }
+            results: dict[int, list[FindResult]] = {id(one): [] for one in active}
+            samplers: dict[int, tuple[Memory, RssSampler]] = {}
+            n = counts[shape]
+            warmup = 1 if shape == "universal" else WARMUP
+            for i in range(-warmup, n):
+                for k in range(len(active)):
+                    one = active[(i + k) % len(active)]
+                    if one.run.status != "ok":
+                        continue
+                    if i == 0 and shape == "universal" and id(one) not in samplers:
+                        memory = Memory(before_mb=_rss_mb(one.proc.pid))
+                        sampler = RssSampler(one.proc.pid).__enter__()
+                        samplers[id(one)] = (memory, sampler)
+                    query = encoded[id(one)][i % len(shape_queries)]
+                    try:
+                        result = await _client(one).find(query)
+                    except (FindFailed, TimeoutError, OSError) as e:
+                        fail(one, e)
+                        continue
+                    if i >= 0:
+                        results[id(one)].append(result)
+            for one in active:
+                if id(one) in samplers:
+                    memory, sampler = samplers[id(one)]
+                    sampler.__exit__(None, None, None)
+                    memory.peak_mb = max(sampler.samples, default=0) / MB
+                    memory.samples = len(sampler.samples)
+                    memory.after_mb = _rss_mb(one.proc.pid)
+                    one.run.memory = memory
+                if one.run.status == "ok":
+                    expected = [q.expected for q in shape_queries]
+                    one.run.shapes[shape] = summarize(shape, results[id(one)], expected)
+    finally:
+        for one in live:
+            if one.client is not None:
+                await one.client.close()
 
 
 def print_b(
