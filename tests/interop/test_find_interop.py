@@ -25,8 +25,10 @@ from tests.interop.test_echo_interop import run_tool
 from tests.query.data import PATIENT_ROOT, PATIENT_STUDY_ONLY, STUDY_ROOT
 from tests.storage.test_index import make_record
 
-# Series in the large result a C-CANCEL interrupts (300 of them stored as files).
-LARGE_RESULT = 2000
+# Series in the large result a C-CANCEL interrupts (300 of them stored as files): dicomd streams a
+# few hundred responses within milliseconds, before a C-CANCEL sent after the third can arrive, so
+# the result must be large enough to still be streaming then.
+LARGE_RESULT = 5000
 
 pytestmark = pytest.mark.interop
 
@@ -420,16 +422,37 @@ async def test_findscu_hierarchical_refusal(tmp_path: Path) -> None:
         assert rsp == []
 
 
+async def _more_series(runtime: Runtime, first: int, last: int) -> None:
+    """Index rows of series first..last of the study write_many_series() stores, put straight into
+    the index (storing thousands of files would take a minute)."""
+    extra = [
+        make_record(
+            n,
+            patient_id="PMANY",
+            patient_name="Many^Series",
+            study_instance_uid="1.2.826.9.9",
+            series_instance_uid=f"1.2.826.9.9.{n}",
+            sop_instance_uid=f"1.2.826.9.9.{n}.1",
+            series_number=n,
+        )
+        for n in range(first, last + 1)
+    ]
+    for start in range(0, len(extra), 500):
+        chunk = extra[start : start + 500]
+        await asyncio.gather(*(runtime.index.put(r, policy="keep") for r in chunk))
+
+
 async def test_findscu_cancel(tmp_path: Path) -> None:
     many = await asyncio.to_thread(write_many_series, tmp_path / "many", 300)
-    async with dcmtk_server(tmp_path, many) as (server, _runtime):
+    async with dcmtk_server(tmp_path, many) as (server, runtime):
+        await _more_series(runtime, 301, LARGE_RESULT)
         log, rsp = await findscu(
             server.port, tmp_path / "out", "-S", "--cancel", "3",
             *keys("QueryRetrieveLevel=SERIES", "StudyInstanceUID=1.2.826.9.9", "SeriesInstanceUID"),
         )  # fmt: skip
         assert "Sending Cancel Request" in log
         assert "(Cancel: MatchingTerminatedDueToCancelRequest)" in final_status(log)
-        assert 3 <= len(rsp) < 300
+        assert 3 <= len(rsp) < LARGE_RESULT
 
 
 # --- pynetdicom ----------------------------------------------------------------------------------
@@ -618,27 +641,10 @@ async def test_pynetdicom_character_sets(tmp_path: Path) -> None:
 
 
 async def test_pynetdicom_cancel_in_the_middle_of_a_large_result(tmp_path: Path) -> None:
-    # 300 series stored with storescu (pynetdicom leaves Nagle on and takes ~80 ms a store here),
-    # and more index rows of the same study put straight into the index: dicomd streams a few
-    # hundred responses within milliseconds, before a C-CANCEL sent after the third can arrive,
-    # so the result must be large enough to still be streaming then.
+    # 300 series stored with storescu (pynetdicom leaves Nagle on and takes ~80 ms a store here).
     many = await asyncio.to_thread(write_many_series, tmp_path / "many", 300)
     async with dcmtk_server(tmp_path, many) as (server, runtime):
-        extra = [
-            make_record(
-                n,
-                patient_id="PMANY",
-                patient_name="Many^Series",
-                study_instance_uid="1.2.826.9.9",
-                series_instance_uid=f"1.2.826.9.9.{n}",
-                sop_instance_uid=f"1.2.826.9.9.{n}.1",
-                series_number=n,
-            )
-            for n in range(301, LARGE_RESULT + 1)
-        ]
-        for start in range(0, len(extra), 500):
-            chunk = extra[start : start + 500]
-            await asyncio.gather(*(runtime.index.put(r, policy="keep") for r in chunk))
+        await _more_series(runtime, 301, LARGE_RESULT)
         q = query("SERIES", StudyInstanceUID="1.2.826.9.9", SeriesInstanceUID="", SeriesNumber="")
         idents, statuses = await asyncio.to_thread(
             _find, server.port, STUDY_ROOT, q, cancel_after=3
