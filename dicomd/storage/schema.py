@@ -193,8 +193,59 @@ CREATE INDEX instance_series_pk_idx ON instance (series_pk);
 # added to or taken from its series, study and patient only while its series row exists, and a
 # series', study's own deletion takes what it still holds from its parents. So a cascade (a study
 # deleted with its series and instances) leaves the parents right in whichever order SQLite
-# deletes the rows.
-_V2: Final = r"""
+# deletes the rows. The triggers are composed of the pieces below, one per level: an addition
+# (+, NEW), a removal (-, OLD), and a move, which is the removal from the old parent followed by
+# the addition to the new one.
+
+
+def _modalities(study_pk: str) -> str:
+    """SQL for Modalities in Study of the study whose pk is `study_pk`: the distinct non-empty
+    modalities of its series, sorted, backslash-separated (PS3.4 C.6.1.1.3)."""
+    return (
+        "coalesce((SELECT group_concat(m, '\\') FROM\n"
+        "        (SELECT DISTINCT modality AS m FROM series\n"
+        f"          WHERE study_pk = {study_pk} AND modality <> '' ORDER BY 1)), '')"
+    )
+
+
+def _instance_counts(sign: str, row: str) -> str:
+    """Trigger statements adding (+) or taking (-) the instance `row` (NEW or OLD) to or from its
+    series, study and patient."""
+    return f"""
+    UPDATE series SET number_of_instances = number_of_instances {sign} 1 WHERE pk = {row}.series_pk;
+    UPDATE study SET number_of_instances = number_of_instances {sign} 1
+     WHERE pk = (SELECT study_pk FROM series WHERE pk = {row}.series_pk);
+    UPDATE patient SET number_of_instances = number_of_instances {sign} 1
+     WHERE pk = (SELECT st.patient_pk FROM series se JOIN study st ON st.pk = se.study_pk
+                  WHERE se.pk = {row}.series_pk);"""
+
+
+def _series_counts(sign: str, row: str) -> str:
+    """The series `row` and its instances added to or taken from its study and patient; the
+    study's modalities recomputed from the series it has now."""
+    return f"""
+    UPDATE study SET
+        number_of_series = number_of_series {sign} 1,
+        number_of_instances = number_of_instances {sign} {row}.number_of_instances,
+        modalities_in_study = {_modalities(f"{row}.study_pk")}
+     WHERE pk = {row}.study_pk;
+    UPDATE patient SET
+        number_of_series = number_of_series {sign} 1,
+        number_of_instances = number_of_instances {sign} {row}.number_of_instances
+     WHERE pk = (SELECT patient_pk FROM study WHERE pk = {row}.study_pk);"""
+
+
+def _study_counts(sign: str, row: str) -> str:
+    """The study `row`, its series and instances added to or taken from its patient."""
+    return f"""
+    UPDATE patient SET
+        number_of_studies = number_of_studies {sign} 1,
+        number_of_series = number_of_series {sign} {row}.number_of_series,
+        number_of_instances = number_of_instances {sign} {row}.number_of_instances
+     WHERE pk = {row}.patient_pk;"""
+
+
+_V2: Final = f"""
 ALTER TABLE patient ADD COLUMN number_of_studies INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE patient ADD COLUMN number_of_series INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE patient ADD COLUMN number_of_instances INTEGER NOT NULL DEFAULT 0;
@@ -209,9 +260,7 @@ UPDATE study SET
     number_of_series = (SELECT count(*) FROM series WHERE series.study_pk = study.pk),
     number_of_instances = (SELECT coalesce(sum(number_of_instances), 0) FROM series
                             WHERE series.study_pk = study.pk),
-    modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
-        (SELECT DISTINCT modality AS m FROM series
-          WHERE series.study_pk = study.pk AND modality <> '' ORDER BY 1)), '');
+    modalities_in_study = {_modalities("study.pk")};
 UPDATE patient SET
     number_of_studies = (SELECT count(*) FROM study WHERE study.patient_pk = patient.pk),
     number_of_series = (SELECT coalesce(sum(number_of_series), 0) FROM study
@@ -220,125 +269,35 @@ UPDATE patient SET
                             WHERE study.patient_pk = patient.pk);
 
 -- instance -> series, study, patient
-CREATE TRIGGER instance_added AFTER INSERT ON instance BEGIN
-    UPDATE series SET number_of_instances = number_of_instances + 1 WHERE pk = NEW.series_pk;
-    UPDATE study SET number_of_instances = number_of_instances + 1
-     WHERE pk = (SELECT study_pk FROM series WHERE pk = NEW.series_pk);
-    UPDATE patient SET number_of_instances = number_of_instances + 1
-     WHERE pk = (SELECT st.patient_pk FROM series se JOIN study st ON st.pk = se.study_pk
-                  WHERE se.pk = NEW.series_pk);
+CREATE TRIGGER instance_added AFTER INSERT ON instance BEGIN{_instance_counts("+", "NEW")}
 END;
-CREATE TRIGGER instance_removed AFTER DELETE ON instance BEGIN
-    UPDATE patient SET number_of_instances = number_of_instances - 1
-     WHERE pk = (SELECT st.patient_pk FROM series se JOIN study st ON st.pk = se.study_pk
-                  WHERE se.pk = OLD.series_pk);
-    UPDATE study SET number_of_instances = number_of_instances - 1
-     WHERE pk = (SELECT study_pk FROM series WHERE pk = OLD.series_pk);
-    UPDATE series SET number_of_instances = number_of_instances - 1 WHERE pk = OLD.series_pk;
+CREATE TRIGGER instance_removed AFTER DELETE ON instance BEGIN{_instance_counts("-", "OLD")}
 END;
 CREATE TRIGGER instance_moved AFTER UPDATE OF series_pk ON instance
-WHEN OLD.series_pk IS NOT NEW.series_pk BEGIN
-    UPDATE patient SET number_of_instances = number_of_instances - 1
-     WHERE pk = (SELECT st.patient_pk FROM series se JOIN study st ON st.pk = se.study_pk
-                  WHERE se.pk = OLD.series_pk);
-    UPDATE study SET number_of_instances = number_of_instances - 1
-     WHERE pk = (SELECT study_pk FROM series WHERE pk = OLD.series_pk);
-    UPDATE series SET number_of_instances = number_of_instances - 1 WHERE pk = OLD.series_pk;
-    UPDATE series SET number_of_instances = number_of_instances + 1 WHERE pk = NEW.series_pk;
-    UPDATE study SET number_of_instances = number_of_instances + 1
-     WHERE pk = (SELECT study_pk FROM series WHERE pk = NEW.series_pk);
-    UPDATE patient SET number_of_instances = number_of_instances + 1
-     WHERE pk = (SELECT st.patient_pk FROM series se JOIN study st ON st.pk = se.study_pk
-                  WHERE se.pk = NEW.series_pk);
+WHEN OLD.series_pk IS NOT NEW.series_pk BEGIN{_instance_counts("-", "OLD")}{_instance_counts("+", "NEW")}
 END;
 
 -- series -> study, patient; and the study's modalities
-CREATE TRIGGER series_added AFTER INSERT ON series BEGIN
-    UPDATE study SET
-        number_of_series = number_of_series + 1,
-        number_of_instances = number_of_instances + NEW.number_of_instances,
-        modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
-            (SELECT DISTINCT modality AS m FROM series
-              WHERE study_pk = NEW.study_pk AND modality <> '' ORDER BY 1)), '')
-     WHERE pk = NEW.study_pk;
-    UPDATE patient SET
-        number_of_series = number_of_series + 1,
-        number_of_instances = number_of_instances + NEW.number_of_instances
-     WHERE pk = (SELECT patient_pk FROM study WHERE pk = NEW.study_pk);
+CREATE TRIGGER series_added AFTER INSERT ON series BEGIN{_series_counts("+", "NEW")}
 END;
-CREATE TRIGGER series_removed AFTER DELETE ON series BEGIN
-    UPDATE patient SET
-        number_of_series = number_of_series - 1,
-        number_of_instances = number_of_instances - OLD.number_of_instances
-     WHERE pk = (SELECT patient_pk FROM study WHERE pk = OLD.study_pk);
-    UPDATE study SET
-        number_of_series = number_of_series - 1,
-        number_of_instances = number_of_instances - OLD.number_of_instances,
-        modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
-            (SELECT DISTINCT modality AS m FROM series
-              WHERE study_pk = OLD.study_pk AND modality <> '' ORDER BY 1)), '')
-     WHERE pk = OLD.study_pk;
+CREATE TRIGGER series_removed AFTER DELETE ON series BEGIN{_series_counts("-", "OLD")}
 END;
 CREATE TRIGGER series_moved AFTER UPDATE OF study_pk ON series
-WHEN OLD.study_pk IS NOT NEW.study_pk BEGIN
-    UPDATE patient SET
-        number_of_series = number_of_series - 1,
-        number_of_instances = number_of_instances - OLD.number_of_instances
-     WHERE pk = (SELECT patient_pk FROM study WHERE pk = OLD.study_pk);
-    UPDATE study SET
-        number_of_series = number_of_series - 1,
-        number_of_instances = number_of_instances - OLD.number_of_instances,
-        modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
-            (SELECT DISTINCT modality AS m FROM series
-              WHERE study_pk = OLD.study_pk AND modality <> '' ORDER BY 1)), '')
-     WHERE pk = OLD.study_pk;
-    UPDATE study SET
-        number_of_series = number_of_series + 1,
-        number_of_instances = number_of_instances + NEW.number_of_instances,
-        modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
-            (SELECT DISTINCT modality AS m FROM series
-              WHERE study_pk = NEW.study_pk AND modality <> '' ORDER BY 1)), '')
-     WHERE pk = NEW.study_pk;
-    UPDATE patient SET
-        number_of_series = number_of_series + 1,
-        number_of_instances = number_of_instances + NEW.number_of_instances
-     WHERE pk = (SELECT patient_pk FROM study WHERE pk = NEW.study_pk);
+WHEN OLD.study_pk IS NOT NEW.study_pk BEGIN{_series_counts("-", "OLD")}{_series_counts("+", "NEW")}
 END;
 CREATE TRIGGER series_modality_changed AFTER UPDATE OF modality ON series
 WHEN OLD.modality IS NOT NEW.modality AND OLD.study_pk IS NEW.study_pk BEGIN
-    UPDATE study SET modalities_in_study = coalesce((SELECT group_concat(m, '\') FROM
-        (SELECT DISTINCT modality AS m FROM series
-          WHERE study_pk = NEW.study_pk AND modality <> '' ORDER BY 1)), '')
+    UPDATE study SET modalities_in_study = {_modalities("NEW.study_pk")}
      WHERE pk = NEW.study_pk;
 END;
 
 -- study -> patient
-CREATE TRIGGER study_added AFTER INSERT ON study BEGIN
-    UPDATE patient SET
-        number_of_studies = number_of_studies + 1,
-        number_of_series = number_of_series + NEW.number_of_series,
-        number_of_instances = number_of_instances + NEW.number_of_instances
-     WHERE pk = NEW.patient_pk;
+CREATE TRIGGER study_added AFTER INSERT ON study BEGIN{_study_counts("+", "NEW")}
 END;
-CREATE TRIGGER study_removed AFTER DELETE ON study BEGIN
-    UPDATE patient SET
-        number_of_studies = number_of_studies - 1,
-        number_of_series = number_of_series - OLD.number_of_series,
-        number_of_instances = number_of_instances - OLD.number_of_instances
-     WHERE pk = OLD.patient_pk;
+CREATE TRIGGER study_removed AFTER DELETE ON study BEGIN{_study_counts("-", "OLD")}
 END;
 CREATE TRIGGER study_moved AFTER UPDATE OF patient_pk ON study
-WHEN OLD.patient_pk IS NOT NEW.patient_pk BEGIN
-    UPDATE patient SET
-        number_of_studies = number_of_studies - 1,
-        number_of_series = number_of_series - OLD.number_of_series,
-        number_of_instances = number_of_instances - OLD.number_of_instances
-     WHERE pk = OLD.patient_pk;
-    UPDATE patient SET
-        number_of_studies = number_of_studies + 1,
-        number_of_series = number_of_series + NEW.number_of_series,
-        number_of_instances = number_of_instances + NEW.number_of_instances
-     WHERE pk = NEW.patient_pk;
+WHEN OLD.patient_pk IS NOT NEW.patient_pk BEGIN{_study_counts("-", "OLD")}{_study_counts("+", "NEW")}
 END;
 """
 
