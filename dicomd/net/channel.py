@@ -78,7 +78,6 @@ class Channel:
         self._unflushed = 0
         self._flush_scheduled = False
         self._last_command: tuple[Message, int, int, list[bytes | memoryview]] | None = None
-        self._last_command_bytes: tuple[Message, int, bytes] | None = None
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
 
@@ -160,10 +159,10 @@ class Channel:
     async def send_framed(self, context_id: int, message: Message, framed: Sequence[bytes]) -> None:
         """send_message(message, dataset) for each data set, given as framer()'s wire bytes:
         queued as one run, in one piece (a page of C-FIND responses)."""
-        command = self._command_bytes(context_id, message)
-        pieces: list[bytes] = []
+        command = self._command_pdus(context_id, message, self.connection.peer_max_pdu_length)
+        pieces: list[bytes | memoryview] = []
         for data in framed:
-            pieces.append(command)
+            pieces += command
             pieces.append(data)
         if pieces:
             await self._send_queued([b"".join(pieces)])
@@ -195,17 +194,6 @@ class Channel:
         pieces = encoded_message(context_id, encode_command(message), max_pdu, is_command=True)
         self._last_command = (message, context_id, max_pdu, pieces)
         return pieces
-
-    def _command_bytes(self, context_id: int, message: Message) -> bytes:
-        """_command_pdus() joined into one piece, kept alike for the last message."""
-        cached = self._last_command_bytes
-        if cached is not None and cached[0] is message and cached[1] == context_id:
-            return cached[2]
-        data = b"".join(
-            self._command_pdus(context_id, message, self.connection.peer_max_pdu_length)
-        )
-        self._last_command_bytes = (message, context_id, data)
-        return data
 
     def _queue(self, pieces: list[bytes | memoryview]) -> bool:
         """Queue a message held in memory, to be written together with whatever else is sent
