@@ -194,41 +194,6 @@ class RssSampler:
             self._stop.wait(self.interval)
 
 
-async def measure(
-    port: int,
-    ae_title: str,
-    shapes: dict[str, list[Query]],
-    counts: dict[str, int],
-    pid: int | None,
-    run: ServerRun,
-) -> None:
-    """Time every shape's queries, in order, on one association; universal last, with RSS."""
-    client = await FindClient.open(HOST, port, ae_title)
-    try:
-        for shape, shape_queries in shapes.items():
-            encoded = [client.encode(q.identifier) for q in shape_queries]
-            for i in range(1 if shape == "universal" else WARMUP):
-                await client.find(encoded[i % len(encoded)])
-            if shape == "universal" and pid is not None:
-                memory = Memory(before_mb=_rss_mb(pid))
-                with RssSampler(pid) as sampler:
-                    results = await _timed(client, encoded, counts[shape])
-                memory.peak_mb = max(sampler.samples, default=0) / MB
-                memory.samples = len(sampler.samples)
-                memory.after_mb = _rss_mb(pid)
-                run.memory = memory
-            else:
-                results = await _timed(client, encoded, counts[shape])
-            expected = [q.expected for q in shape_queries]
-            run.shapes[shape] = summarize(shape, results, expected)
-    finally:
-        await client.close()
-
-
-async def _timed(client: FindClient, encoded: list[bytes], n: int) -> list[FindResult]:
-    return [await client.find(encoded[i % len(encoded)]) for i in range(n)]
-
-
 def summarize(shape: str, results: list[FindResult], expected: list[int]) -> ShapeResult:
     last = [r.last_s * 1000 for r in results]
     first = [r.first_s * 1000 for r in results]
@@ -260,19 +225,98 @@ def run_async(coro: Coroutine[Any, Any, _T]) -> _T:
         return runner.run(coro)
 
 
+@dataclass(eq=False)
+class _Live:
+    """A server of part (b), loaded and answering."""
+
+    server: QRServer
+    run: ServerRun
+    port: int
+    proc: subprocess.Popen[bytes]
+    client: FindClient | None = None
+
+
 def time_queries(
-    run: ServerRun,
-    port: int,
-    ae_title: str,
-    shapes: dict[str, list[Query]],
-    args: argparse.Namespace,
-    pid: int | None,
+    live: list[_Live], shapes: dict[str, list[Query]], args: argparse.Namespace
 ) -> None:
+    """measure() with the run's query counts, bounded by its timeout."""
     counts = {key: args.queries for key in shapes}
     counts["universal"] = args.universal
-    # The latency of one query is short; the whole measurement still gets a bound.
-    coro = asyncio.wait_for(measure(port, ae_title, shapes, counts, pid, run), args.timeout)
-    run_async(coro)
+    try:
+        run_async(asyncio.wait_for(measure(live, shapes, counts), args.timeout))
+    except TimeoutError:
+        for one in live:
+            if one.run.status == "ok":
+                one.run.status, one.run.reason = "FAILED", "timed out"
+
+
+def _client(one: _Live) -> FindClient:
+    assert one.client is not None
+    return one.client
+
+
+async def measure(
+    live: list[_Live], shapes: dict[str, list[Query]], counts: dict[str, int]
+) -> None:
+    """Time every shape's queries, universal last, on one association per server: the servers
+    take turns query by query (the one that goes first rotates), and each one's resident memory
+    is sampled around the universal queries. A server that fails is marked so and left out."""
+
+    def fail(one: _Live, e: BaseException) -> None:
+        exited = one.proc.poll()
+        reason = str(e) or type(e).__name__
+        if exited is not None:
+            reason = f"server exited with {exited}: {reason}"
+        one.run.status, one.run.reason = "FAILED", reason
+
+    for one in live:
+        try:
+            one.client = await FindClient.open(HOST, one.port, one.server.ae_title)
+        except (FindFailed, TimeoutError, OSError) as e:
+            fail(one, e)
+    try:
+        for shape, shape_queries in shapes.items():
+            active = [one for one in live if one.run.status == "ok" and one.client is not None]
+            encoded = {
+                id(one): [_client(one).encode(q.identifier) for q in shape_queries]
+                for one in active
+            }
+            results: dict[int, list[FindResult]] = {id(one): [] for one in active}
+            samplers: dict[int, tuple[Memory, RssSampler]] = {}
+            n = counts[shape]
+            warmup = 1 if shape == "universal" else WARMUP
+            for i in range(-warmup, n):
+                for k in range(len(active)):
+                    one = active[(i + k) % len(active)]
+                    if one.run.status != "ok":
+                        continue
+                    if i == 0 and shape == "universal" and id(one) not in samplers:
+                        memory = Memory(before_mb=_rss_mb(one.proc.pid))
+                        sampler = RssSampler(one.proc.pid).__enter__()
+                        samplers[id(one)] = (memory, sampler)
+                    query = encoded[id(one)][i % len(shape_queries)]
+                    try:
+                        result = await _client(one).find(query)
+                    except (FindFailed, TimeoutError, OSError) as e:
+                        fail(one, e)
+                        continue
+                    if i >= 0:
+                        results[id(one)].append(result)
+            for one in active:
+                if id(one) in samplers:
+                    memory, sampler = samplers[id(one)]
+                    sampler.__exit__(None, None, None)
+                    memory.peak_mb = max(sampler.samples, default=0) / MB
+                    memory.samples = len(sampler.samples)
+                    memory.after_mb = _rss_mb(one.proc.pid)
+                    one.run.memory = memory
+                if one.run.status == "ok":
+                    expected = [q.expected for q in shape_queries]
+                    one.run.shapes[shape] = summarize(shape, results[id(one)], expected)
+    finally:
+        for one in live:
+            if one.client is not None:
+                await one.client.close()
 
 
 # -- (a) a million instances ----------------------------------------------------------------------
@@ -342,12 +386,7 @@ def part_a(args: argparse.Namespace, peers: Peers, tmp: Path) -> ServerRun:
             common.wait_ready(proc, peers.tool("echoscu"), port, DICOMD_AET, log, READY_TIMEOUT)
             print(f"dicomd: serving the index, RSS {_rss_mb(proc.pid):.1f} MB; querying ...")
             shapes = queries(archive, args.queries, args.seed)
-            try:
-                time_queries(run, port, DICOMD_AET, shapes, args, proc.pid)
-            except (FindFailed, TimeoutError, OSError) as e:
-                if proc.poll() is not None:
-                    raise BenchError(f"dicomd exited with {proc.returncode}: {e}") from e
-                raise
+            time_queries([_Live(server, run, port, proc)], shapes, args)
     except (BenchError, FindFailed, TimeoutError, OSError, subprocess.SubprocessError) as e:
         run.status, run.reason = "FAILED", str(e) or type(e).__name__
     after = index_counts(index)
@@ -465,31 +504,13 @@ def part_b(
                 live.append(_start_small(server, peers, archive, data, tmp / "b", args, run, stack))
             except (BenchError, TimeoutError, OSError, subprocess.SubprocessError) as e:
                 run.status, run.reason = "FAILED", str(e) or type(e).__name__
-        counts = {key: args.queries for key in shapes}
-        counts["universal"] = args.universal
         if live:
-            try:
-                run_async(asyncio.wait_for(measure_in_turns(live, shapes, counts), args.timeout))
-            except TimeoutError:
-                for one in live:
-                    if one.run.status == "ok":
-                        one.run.status, one.run.reason = "FAILED", "timed out"
+            time_queries(live, shapes, args)
     for server, run in zip(servers, runs, strict=True):
         print(f"  {server.label}: {run.status} {run.reason}".rstrip())
         if not args.keep:
             shutil.rmtree(tmp / "b" / server.key, ignore_errors=True)
     return archive, runs
-
-
-@dataclass(eq=False)
-class _Live:
-    """A server of part (b), loaded and answering."""
-
-    server: QRServer
-    run: ServerRun
-    port: int
-    proc: subprocess.Popen[bytes]
-    client: FindClient | None = None
 
 
 def _start_small(
@@ -518,74 +539,6 @@ def _start_small(
     if run.instances != archive.instances:
         raise BenchError(f"loaded {run.instances} of {archive.instances} instances")
     return _Live(server, run, port, proc)
-
-
-def _client(one: _Live) -> FindClient:
-    assert one.client is not None
-    return one.client
-
-
-async def measure_in_turns(
-    live: list[_Live], shapes: dict[str, list[Query]], counts: dict[str, int]
-) -> None:
-    """measure() for several servers at once: one association each, the queries in turns (the
-    server that goes first rotates), resident memory sampled around the universal queries."""
-
-    def fail(one: _Live, e: BaseException) -> None:
-        exited = one.proc.poll()
-        reason = str(e) or type(e).__name__
-        if exited is not None:
-            reason = f"server exited with {exited}: {reason}"
-        one.run.status, one.run.reason = "FAILED", reason
-
-    for one in live:
-        try:
-            one.client = await FindClient.open(HOST, one.port, one.server.ae_title)
-        except (FindFailed, TimeoutError, OSError) as e:
-            fail(one, e)
-    try:
-        for shape, shape_queries in shapes.items():
-            active = [one for one in live if one.run.status == "ok" and one.client is not None]
-            encoded = {
-                id(one): [_client(one).encode(q.identifier) for q in shape_queries]
-                for one in active
-            }
-            results: dict[int, list[FindResult]] = {id(one): [] for one in active}
-            samplers: dict[int, tuple[Memory, RssSampler]] = {}
-            n = counts[shape]
-            warmup = 1 if shape == "universal" else WARMUP
-            for i in range(-warmup, n):
-                for k in range(len(active)):
-                    one = active[(i + k) % len(active)]
-                    if one.run.status != "ok":
-                        continue
-                    if i == 0 and shape == "universal" and id(one) not in samplers:
-                        memory = Memory(before_mb=_rss_mb(one.proc.pid))
-                        sampler = RssSampler(one.proc.pid).__enter__()
-                        samplers[id(one)] = (memory, sampler)
-                    query = encoded[id(one)][i % len(shape_queries)]
-                    try:
-                        result = await _client(one).find(query)
-                    except (FindFailed, TimeoutError, OSError) as e:
-                        fail(one, e)
-                        continue
-                    if i >= 0:
-                        results[id(one)].append(result)
-            for one in active:
-                if id(one) in samplers:
-                    memory, sampler = samplers[id(one)]
-                    sampler.__exit__(None, None, None)
-                    memory.peak_mb = max(sampler.samples, default=0) / MB
-                    memory.samples = len(sampler.samples)
-                    memory.after_mb = _rss_mb(one.proc.pid)
-                    one.run.memory = memory
-                if one.run.status == "ok":
-                    expected = [q.expected for q in shape_queries]
-                    one.run.shapes[shape] = summarize(shape, results[id(one)], expected)
-    finally:
-        for one in live:
-            if one.client is not None:
-                await one.client.close()
 
 
 def print_b(
