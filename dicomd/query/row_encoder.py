@@ -264,7 +264,8 @@ class ResponseEncoder:
         values are all ASCII and gives up (_NON_ASCII) at the first that is not; raw_utf8 answers
         any row of a query in UTF-8. in_charset takes a row of str (text_row) and a chosen codec.
         What each block does is what response.response_identifier does for that VR (the tests
-        compare the bytes)."""
+        compare the bytes). The code depends on the layout alone (_layout_code): what differs
+        between two queries of one layout, the bytes of headers and fixed elements, are names."""
         names: dict[str, Any] = {
             "_encode_simple": _encode_simple,
             "_Simple": _Simple,
@@ -275,62 +276,17 @@ class ResponseEncoder:
             "ascii_charset": self._ascii_charset,
             "query_charset": self._query_charset,
         }
-        ascii_body: list[str] = []
-        utf8_body: list[str] = []
-        coded_body: list[str] = []
-        ascii_parts: list[str] = []
-        utf8_parts: list[str] = []
-        coded_parts: list[str] = []
+        layout: list[tuple[int, int, str, int]] = []
         for n, (kind, ref, prefix, vr, pack, pad, limit) in enumerate(self._slots):
             if kind == _FIXED:
                 names[f"fixed{n}"] = ref
-                parts = [f"fixed{n}"]
-                ascii_parts += parts
-                utf8_parts += parts
-                coded_parts += parts
-            elif kind == _CHARSET:
-                ascii_parts.append("ascii_charset")
-                utf8_parts.append("query_charset")
-                coded_parts.append("charset")
+                ref = -1
             elif kind == _TEXT:
                 names[f"prefix{n}"], names[f"pack{n}"], names[f"pad{n}"] = prefix, pack, pad
-                ascii_body += _raw_block(n, ref, limit, "return _NON_ASCII")
-                if vr not in _CHARSET_VRS:
-                    coded = '.encode("ascii", errors="replace")'
-                    utf8 = f'd{n} = value.decode().encode("ascii", errors="replace")'
-                elif vr == "PN":
-                    coded = None
-                    utf8 = f"d{n} = _pn_utf8(value)"
-                else:
-                    coded = ".encode(codec)"
-                    utf8 = f"d{n} = value"
-                utf8_body += _raw_block(n, ref, limit, utf8)
-                coded_body += _text_block(n, ref, limit, coded)
-                parts = [f"prefix{n}", f"pack{n}(k{n})", f"d{n}"]
-                ascii_parts += parts
-                utf8_parts += parts
-                coded_parts += parts
-            else:  # _OTHER: prefix holds the tag; a number, but a column may hold text
-                ascii_body += _raw_other(n, ref, "return _NON_ASCII")
-                utf8_body += _raw_other(n, ref, "pass")
-                ascii_parts.append(f"o{n}")
-                utf8_parts.append(f"o{n}")
+            elif kind == _OTHER:  # prefix holds the tag
                 names[f"tag{n}"], names[f"vr{n}"] = prefix, vr
-                coded_parts.append(f"_encode_simple(_Simple(tag{n}, vr{n}, row[{ref}]), *binary)")
-        source = "\n".join(
-            [
-                "def raw_ascii(row):",
-                *ascii_body,
-                f"    return b''.join(({', '.join(ascii_parts)},))",
-                "def raw_utf8(row):",
-                *utf8_body,
-                f"    return b''.join(({', '.join(utf8_parts)},))",
-                "def in_charset(row, codec, charset):",
-                *coded_body,
-                f"    return b''.join(({', '.join(coded_parts)},))",
-            ]
-        )
-        exec(_compiled(source), names)  # our own source, made above
+            layout.append((kind, ref, vr, limit))
+        exec(_layout_code(tuple(layout)), names)  # our own source, made by _layout_code
         self._raw_ascii = names["raw_ascii"]
         self._raw_utf8 = names["raw_utf8"]
         self._in_charset = names["in_charset"]
@@ -354,8 +310,62 @@ class ResponseEncoder:
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(source: str) -> CodeType:
-    """Compiling costs milliseconds; a server sees the same few query layouts over and over."""
+def _layout_code(layout: tuple[tuple[int, int, str, int], ...]) -> CodeType:
+    """The code of raw_ascii, raw_utf8 and in_charset for a layout of (kind, row index, VR, length
+    limit) slots. Writing and compiling it costs milliseconds; a server sees the same few layouts
+    (the keys a viewer asks for) over and over."""
+    ascii_body: list[str] = []
+    utf8_body: list[str] = []
+    coded_body: list[str] = []
+    ascii_parts: list[str] = []
+    utf8_parts: list[str] = []
+    coded_parts: list[str] = []
+    for n, (kind, ref, vr, limit) in enumerate(layout):
+        if kind == _FIXED:
+            parts = [f"fixed{n}"]
+            ascii_parts += parts
+            utf8_parts += parts
+            coded_parts += parts
+        elif kind == _CHARSET:
+            ascii_parts.append("ascii_charset")
+            utf8_parts.append("query_charset")
+            coded_parts.append("charset")
+        elif kind == _TEXT:
+            ascii_body += _raw_block(n, ref, limit, "return _NON_ASCII")
+            if vr not in _CHARSET_VRS:
+                coded: str | None = '.encode("ascii", errors="replace")'
+                utf8 = f'd{n} = value.decode().encode("ascii", errors="replace")'
+            elif vr == "PN":
+                coded = None
+                utf8 = f"d{n} = _pn_utf8(value)"
+            else:
+                coded = ".encode(codec)"
+                utf8 = f"d{n} = value"
+            utf8_body += _raw_block(n, ref, limit, utf8)
+            coded_body += _text_block(n, ref, limit, coded)
+            parts = [f"prefix{n}", f"pack{n}(k{n})", f"d{n}"]
+            ascii_parts += parts
+            utf8_parts += parts
+            coded_parts += parts
+        else:  # _OTHER: a number, but a column may hold text
+            ascii_body += _raw_other(n, ref, "return _NON_ASCII")
+            utf8_body += _raw_other(n, ref, "pass")
+            ascii_parts.append(f"o{n}")
+            utf8_parts.append(f"o{n}")
+            coded_parts.append(f"_encode_simple(_Simple(tag{n}, vr{n}, row[{ref}]), *binary)")
+    source = "\n".join(
+        [
+            "def raw_ascii(row):",
+            *ascii_body,
+            f"    return b''.join(({', '.join(ascii_parts)},))",
+            "def raw_utf8(row):",
+            *utf8_body,
+            f"    return b''.join(({', '.join(utf8_parts)},))",
+            "def in_charset(row, codec, charset):",
+            *coded_body,
+            f"    return b''.join(({', '.join(coded_parts)},))",
+        ]
+    )
     return compile(source, "<row_encoder>", "exec")
 
 
