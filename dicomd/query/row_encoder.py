@@ -34,7 +34,8 @@ from __future__ import annotations
 import functools
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import repeat
 from types import CodeType
 from typing import Any, Final
 
@@ -90,6 +91,12 @@ _UTF8_CODEC: Final = python_encoding[UTF8]
 _EVERY_CHARACTER: Final = frozenset({_UTF8_CODEC, python_encoding["GB18030"]})
 # What raw_ascii returns for a row with a value that is not ASCII.
 _NON_ASCII: Final = object()
+# page(): a header table has this many lengths, doubled until the longest value fits, up to
+# _TABLE_LIMIT; a longer value takes the row path. A page of fewer than _PAGE_MIN rows costs
+# more column by column than row by row.
+_TABLE_START: Final = 64
+_TABLE_LIMIT: Final = 4096
+_PAGE_MIN: Final = 8
 
 # Slot kinds of the layout.
 _FIXED: Final = 0  # bytes encoded once
@@ -215,6 +222,79 @@ class ResponseEncoder:
         return tag_bytes + vr.encode(), struct.Struct(f"{order}H").pack, 0xFFFF
 
     # -- encoding --------------------------------------------------------------------------------
+
+    def page(self, rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
+        """[self(row) for row in rows], the same bytes, column by column where it can be.
+
+        Per row, the generated code runs a dozen lines of bytecode per element; a page of rows is
+        encoded with a pass over each column instead (is every value bytes, is every value ASCII,
+        their lengths, their headers from a table) and one join per row, each pass a builtin
+        that loops in C: about a third less per row. A page it cannot take whole (an element
+        this does not handle, a non-ASCII value outside a UTF-8 response, a long value) is
+        encoded row by row."""
+        if self.fast and len(rows) >= _PAGE_MIN:
+            try:
+                encoded = self._columns(rows)
+            except UnicodeError:  # a value no codec takes: row by row, as __call__ decides
+                encoded = None
+            if encoded is not None:
+                if self._deflate:
+                    return [self._finish(data) for data in encoded]  # type: ignore[misc]
+                return encoded
+        return [self(row) for row in rows]
+
+    def _columns(self, rows: Sequence[tuple[Any, ...]]) -> list[bytes] | None:
+        utf8 = self._query_codec == _UTF8_CODEC
+        count = len(rows)
+        columns = list(zip(*rows, strict=True))
+        parts: list[Any] = []
+        for n, (kind, ref, _prefix, vr, _pack, _pad, _limit) in enumerate(self._slots):
+            if kind == _FIXED:
+                parts.append(repeat(ref, count))
+                continue
+            if kind == _CHARSET:
+                parts.append(repeat(self._query_charset if utf8 else self._ascii_charset, count))
+                continue
+            if kind != _TEXT:
+                return None
+            column: Sequence[Any] = columns[ref]
+            if set(map(type, column)) != {bytes}:
+                # None (answered empty) or a number (formatted as str() does), as _raw_block.
+                column = [
+                    b"" if v is None else v if v.__class__ is bytes else str(v).encode()
+                    for v in column
+                ]
+            if not b"".join(column).isascii():
+                if not utf8:
+                    return None  # a character set to choose per row
+                if vr == "PN":
+                    column = [v if v.isascii() else _pn_utf8(v) for v in column]
+                    if None in column:
+                        return None
+                elif vr not in _CHARSET_VRS:
+                    column = [
+                        v if v.isascii() else v.decode().encode("ascii", errors="replace")
+                        for v in column
+                    ]
+            lengths = list(map(len, column))
+            table = self._header_table(n, max(lengths))
+            if table is None:
+                return None
+            headers, pads = table
+            parts += (map(headers.__getitem__, lengths), column, map(pads.__getitem__, lengths))
+        return list(map(b"".join, zip(*parts, strict=True)))
+
+    def _header_table(self, n: int, longest: int) -> tuple[list[bytes], list[bytes]] | None:
+        """Slot n's element header for a value of each length up to `longest` (its padded
+        length packed after the tag and VR), and the padding each length takes (PS3.5 6.2:
+        even length); None past _TABLE_LIMIT or the header's limit, for the row path."""
+        _kind, _ref, prefix, _vr, pack, pad, limit = self._slots[n]
+        if longest >= _TABLE_LIMIT or longest + (longest & 1) > limit:
+            return None
+        size = _TABLE_START
+        while size <= longest:
+            size *= 2
+        return _header_table(prefix, pack.__self__.format, pad, size)
 
     def __call__(self, row: tuple[Any, ...]) -> bytes:
         if self.fast:
@@ -367,6 +447,19 @@ def _layout_code(layout: tuple[tuple[int, int, str, int], ...]) -> CodeType:
         ]
     )
     return compile(source, "<row_encoder>", "exec")
+
+
+@functools.lru_cache(maxsize=512)
+def _header_table(
+    prefix: bytes, length_format: str, pad: bytes, size: int
+) -> tuple[list[bytes], list[bytes]]:
+    """For each value length below `size`: the element header (prefix, then the padded length
+    packed with `length_format`) and the padding. Shared by every query with that element."""
+    pack = struct.Struct(length_format).pack
+    return (
+        [prefix + pack(k + (k & 1)) for k in range(size)],
+        [pad if k & 1 else b"" for k in range(size)],
+    )
 
 
 def _text_block(n: int, ref: int, limit: int, encode: str | None) -> list[str]:

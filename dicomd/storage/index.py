@@ -707,19 +707,15 @@ class Index:
         params: Sequence[Any] = (),
         *,
         should_stop: Callable[[], bool] | None = None,
-        convert: Callable[[tuple[Any, ...]], Any] | None = None,
         text_as_bytes: bool = False,
     ) -> AbstractAsyncContextManager[Rows]:
         """Run a read-only statement on a connection of its own; page with `await rows.fetch(n)`.
 
         The statement is one snapshot of the index, held until the block exits. When `should_stop()`
         turns true while a fetch runs, the statement is interrupted and fetch() raises QueryStopped.
-        `convert` (ReadPool.query) turns each row into what fetch() returns, on the reading thread;
-        with `text_as_bytes`, it gets TEXT values as their UTF-8 bytes.
+        With `text_as_bytes`, TEXT values come as their UTF-8 bytes.
         """
-        return self._reads.query(
-            sql, params, should_stop=should_stop, convert=convert, text_as_bytes=text_as_bytes
-        )
+        return self._reads.query(sql, params, should_stop=should_stop, text_as_bytes=text_as_bytes)
 
     async def get(self, sop_instance_uid: str) -> StoredInstance | None:
         rows = list(await self._reader.execute_fetchall(_GET, (sop_instance_uid,)))

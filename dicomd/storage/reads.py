@@ -56,11 +56,9 @@ class Rows:
         self,
         conn: aiosqlite.Connection,
         should_stop: Callable[[], bool] | None = None,
-        convert: Callable[[tuple[Any, ...]], Any] | None = None,
     ) -> None:
         self._conn = conn
         self._should_stop = should_stop
-        self._convert = convert
         self._cursor: aiosqlite.Cursor | None = None
         self._done = False
         self._pending: asyncio.Future[Iterable[sqlite3.Row]] | None = None
@@ -70,15 +68,9 @@ class Rows:
     async def _start(self, sql: str, params: Sequence[Any]) -> None:
         # sqlite3's execute() steps the statement to its first row, which can be the long part.
         self._cursor = await self._guarded(self._conn.execute(sql, params))
-        convert = self._convert
-        if convert is not None:
-            # sqlite3 applies a cursor's row factory as it builds each row, on the connection's
-            # thread (no row is built by execute()).
-            self._cursor.row_factory = lambda _cursor, row: convert(row)  # type: ignore[assignment]
 
-    async def fetch(self, n: int, *, then: int = 0) -> list[Any]:
-        """Up to n more rows (tuples, or what `convert` made of them); an empty list once the
-        query has no more.
+    async def fetch(self, n: int, *, then: int = 0) -> list[tuple[Any, ...]]:
+        """Up to n more rows (tuples); an empty list once the query has no more.
 
         With `then`, the next `then` rows are fetched on the connection's thread while the caller
         works on these (SQLite steps the statement without holding the GIL, so the next page is
@@ -92,7 +84,7 @@ class Rows:
             page = await self._guarded(pending)
         else:
             page = await self._guarded(self._cursor.fetchmany(n))
-        rows = list(page)  # tuples (the pool's connections have no row factory), or converted
+        rows: list[tuple[Any, ...]] = list(page)  # type: ignore[arg-type]  # no row factory: tuples
         if len(rows) < n:
             self._done = True
         elif then > 0:
@@ -197,14 +189,10 @@ class ReadPool:
         params: Sequence[Any] = (),
         *,
         should_stop: Callable[[], bool] | None = None,
-        convert: Callable[[tuple[Any, ...]], Any] | None = None,
         text_as_bytes: bool = False,
     ) -> AsyncIterator[Rows]:
         """Run `sql` on a connection of the pool; the connection is held until the block exits.
 
-        With `convert`, fetch() returns convert(row) for each row, called on the connection's
-        thread as the row is read: work per row that would otherwise be done on the event loop,
-        taking turns with that thread for the GIL after every row (C-FIND's response encoding).
         With `text_as_bytes`, TEXT values come as their UTF-8 bytes (sqlite3's text_factory),
         for a caller that would only encode them again.
         """
@@ -212,7 +200,7 @@ class ReadPool:
             conn = await self._acquire()
             # Read when sqlite3 builds each row; the connection is ours alone until we give it back.
             conn.text_factory = bytes if text_as_bytes else str
-            rows = Rows(conn, should_stop, convert)
+            rows = Rows(conn, should_stop)
             try:
                 await rows._start(sql, params)
                 yield rows

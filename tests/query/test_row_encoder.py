@@ -162,6 +162,56 @@ def test_same_bytes_as_the_general_builder(
     assert text_row(_as_read(row)) == row
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    which=st.integers(0, len(PLANS) - 1),
+    charsets=st.sampled_from(CHARSETS),
+    syntax=st.sampled_from(SYNTAXES),
+    ascii_only=st.booleans(),
+    data=st.data(),
+)
+def test_a_page_is_the_same_bytes_as_its_rows(
+    which: int, charsets: tuple[str, ...], syntax: str, ascii_only: bool, data: st.DataObject
+) -> None:
+    """page(), column by column, against the general builder row by row: pages of every size
+    around the row-path threshold, values of every kind (None, numbers, non-ASCII, long), and
+    pages whose values are all ASCII, the common case that the column path takes whole."""
+    query, plan = PLANS[which]
+    query = replace(query, charsets=charsets)
+    width = 1 + max(o.index for o in plan.outputs if o.source is Source.ROW)
+    value = _VALUE.filter(lambda v: not isinstance(v, str) or v.isascii()) if ascii_only else _VALUE
+    row = st.lists(value, min_size=width, max_size=width).map(tuple)
+    rows = data.draw(st.lists(row, min_size=0, max_size=24))
+    encoder = ResponseEncoder(
+        query, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=syntax
+    )
+    assert encoder.page([_as_read(r) for r in rows]) == [
+        _general(query, plan, r, syntax) for r in rows
+    ]
+
+
+def test_a_page_with_long_values_and_numbers() -> None:
+    """Values past the header tables' first size and past their limit, and numbers, in one page;
+    and a page in UTF-8 with names the column path rewrites (trailing "=" of a PN)."""
+    query, plan = PLANS[0]
+    width = 1 + max(o.index for o in plan.outputs if o.source is Source.ROW)
+    for charsets in ((), ("ISO_IR 192",)):
+        q = replace(query, charsets=charsets)
+        for length in (3, 63, 64, 65, 200, 4095, 4096, 5000):
+            rows = [
+                tuple(("A" * length if i % 2 else i * 7) for i in range(width)),
+                *[tuple(f"X{n}^Y=王^=" if i == 1 else n for i in range(width)) for n in range(9)],
+            ]
+            encoder = ResponseEncoder(
+                q, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=SYNTAXES[0]
+            )
+            read = [_as_read(r) for r in rows]
+            assert encoder.page(read) == [_general(q, plan, r, SYNTAXES[0]) for r in rows]
+            # Column by column, unless a value is past the tables or not ASCII outside UTF-8.
+            columns = charsets == ("ISO_IR 192",) and length < 4096
+            assert (encoder._columns(read) is not None) == columns
+
+
 @pytest.mark.parametrize("syntax", SYNTAXES)
 @pytest.mark.parametrize("charsets", CHARSETS)
 def test_fast_path_taken_for_ascii_and_single_charset_rows(

@@ -4,7 +4,6 @@ cancellation, reads of the index not blocked by open queries."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,23 +39,6 @@ async def test_pages(index: Index) -> None:
         assert await rows.fetch(100) == []
     assert [len(first), len(second), len(rest)] == [4, 4, 3]
     assert len({r[0] for r in first + second + rest}) == 11
-
-
-async def test_rows_converted_on_the_reading_thread(index: Index) -> None:
-    threads: set[int] = set()
-
-    def convert(row: tuple[object, ...]) -> str:
-        threads.add(threading.get_ident())
-        return f"uid={row[0]}"
-
-    sql = "SELECT sop_instance_uid FROM instance ORDER BY pk"
-    async with index.query(sql, convert=convert) as rows:
-        first = await rows.fetch(4, then=4)
-        rest = await rows.fetch(4) + await rows.fetch(100)
-    async with index.query(sql) as rows:
-        plain = await rows.fetch(100)
-    assert first + rest == [f"uid={row[0]}" for row in plain]
-    assert len(threads) == 1 and threading.get_ident() not in threads
 
 
 async def test_parameters_and_functions(index: Index) -> None:
