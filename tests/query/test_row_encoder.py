@@ -132,6 +132,19 @@ def _as_read(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(v.encode() if isinstance(v, str) else v for v in row)
 
 
+def _plan_in(which: int, charsets: tuple[str, ...]) -> tuple[Query, Plan, int]:
+    """PLANS[which], its query in `charsets`, and the number of columns of its rows."""
+    query, plan = PLANS[which]
+    width = 1 + max(o.index for o in plan.outputs if o.source is Source.ROW)
+    return replace(query, charsets=charsets), plan, width
+
+
+def _encoder(query: Query, plan: Plan, syntax: str) -> ResponseEncoder:
+    return ResponseEncoder(
+        query, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=syntax
+    )
+
+
 def _general(query: Query, plan: Plan, row: tuple[Any, ...], syntax: str) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -150,13 +163,9 @@ def _general(query: Query, plan: Plan, row: tuple[Any, ...], syntax: str) -> byt
 def test_same_bytes_as_the_general_builder(
     which: int, charsets: tuple[str, ...], syntax: str, data: st.DataObject
 ) -> None:
-    query, plan = PLANS[which]
-    query = replace(query, charsets=charsets)
-    width = 1 + max(o.index for o in plan.outputs if o.source is Source.ROW)
+    query, plan, width = _plan_in(which, charsets)
     row = tuple(data.draw(st.lists(_VALUE, min_size=width, max_size=width)))
-    encoder = ResponseEncoder(
-        query, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=syntax
-    )
+    encoder = _encoder(query, plan, syntax)
     assert encoder.fast and encoder.text_as_bytes
     assert encoder(_as_read(row)) == _general(query, plan, row, syntax)
     assert text_row(_as_read(row)) == row
@@ -176,15 +185,11 @@ def test_a_page_is_the_same_bytes_as_its_rows(
     """page(), column by column, against the general builder row by row: pages of every size
     around the row-path threshold, values of every kind (None, numbers, non-ASCII, long), and
     pages whose values are all ASCII, the common case that the column path takes whole."""
-    query, plan = PLANS[which]
-    query = replace(query, charsets=charsets)
-    width = 1 + max(o.index for o in plan.outputs if o.source is Source.ROW)
+    query, plan, width = _plan_in(which, charsets)
     value = _VALUE.filter(lambda v: not isinstance(v, str) or v.isascii()) if ascii_only else _VALUE
     row = st.lists(value, min_size=width, max_size=width).map(tuple)
     rows = data.draw(st.lists(row, min_size=0, max_size=24))
-    encoder = ResponseEncoder(
-        query, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=syntax
-    )
+    encoder = _encoder(query, plan, syntax)
     assert encoder.page([_as_read(r) for r in rows]) == [
         _general(query, plan, r, syntax) for r in rows
     ]
@@ -193,18 +198,14 @@ def test_a_page_is_the_same_bytes_as_its_rows(
 def test_a_page_with_long_values_and_numbers() -> None:
     """Values past the header tables' first size and past their limit, and numbers, in one page;
     and a page in UTF-8 with names the column path rewrites (trailing "=" of a PN)."""
-    query, plan = PLANS[0]
-    width = 1 + max(o.index for o in plan.outputs if o.source is Source.ROW)
     for charsets in ((), ("ISO_IR 192",)):
-        q = replace(query, charsets=charsets)
+        q, plan, width = _plan_in(0, charsets)
         for length in (3, 63, 64, 65, 200, 4095, 4096, 5000):
             rows = [
                 tuple(("A" * length if i % 2 else i * 7) for i in range(width)),
                 *[tuple(f"X{n}^Y=王^=" if i == 1 else n for i in range(width)) for n in range(9)],
             ]
-            encoder = ResponseEncoder(
-                q, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=SYNTAXES[0]
-            )
+            encoder = _encoder(q, plan, SYNTAXES[0])
             read = [_as_read(r) for r in rows]
             assert encoder.page(read) == [_general(q, plan, r, SYNTAXES[0]) for r in rows]
             # Column by column, unless a value is past the tables or not ASCII outside UTF-8.
@@ -219,12 +220,8 @@ def test_fast_path_taken_for_ascii_and_single_charset_rows(
 ) -> None:
     """The rows the benchmark streams (ASCII, or non-ASCII in the query's one character set or
     in UTF-8) do not fall back to the general builder."""
-    query, plan = PLANS[0]
-    query = replace(query, charsets=charsets)
-    width = 1 + max(o.index for o in plan.outputs if o.source is Source.ROW)
-    encoder = ResponseEncoder(
-        query, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=syntax
-    )
+    query, plan, width = _plan_in(0, charsets)
+    encoder = _encoder(query, plan, syntax)
     ascii_row = tuple(f"V{i}" if i % 3 else i for i in range(width))
     assert encoder._encode(_as_read(ascii_row)) == _general(query, plan, ascii_row, syntax)
     for name in ("WANG^FANG=王^芳", "WANG^FANG=王^芳=", "A^B=王^芳\\C=山=", "A=B=C=王"):
@@ -240,10 +237,7 @@ def test_kept_attributes_take_the_general_builder() -> None:
     ds = _identifier("STUDY", StudyInstanceUID="", InstitutionName="")  # no column
     query = parse_identifier(ds, MODELS[STUDY_ROOT], relational=False, combined_datetime=False)
     plan = build_plan(query, pn_case_insensitive=True)
-    encoder = ResponseEncoder(
-        query, plan, ae_title="DICOMD", pn_case_insensitive=True, transfer_syntax=SYNTAXES[1]
-    )
-    assert not encoder.fast
+    assert not _encoder(query, plan, SYNTAXES[1]).fast
 
 
 def test_non_ascii_ae_title_takes_the_general_builder() -> None:
