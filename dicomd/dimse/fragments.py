@@ -152,8 +152,8 @@ def encoded_message(
 
 def data_set_framer(context_id: int, max_pdu_length: int) -> Callable[[bytes], bytes]:
     """A function from a data set held in memory to the wire bytes of its P-DATA-TF PDUs, joined:
-    what encoded_message(is_command=False) gives, as one bytes object. Pure, so it may run on any
-    thread: C-FIND frames each response where it is encoded, and the event loop only writes."""
+    what encoded_message(is_command=False) gives, as one bytes object. C-FIND frames a page of
+    responses as it encodes them, then queues the page as one piece (Channel.send_framed)."""
     chunk = _chunk_size(context_id, max_pdu_length)
     pack = _DATA_PDU_HEAD.pack
 

@@ -277,14 +277,14 @@ class ResponseEncoder:
                         for v in column
                     ]
             lengths = list(map(len, column))
-            table = self._header_table(n, max(lengths))
+            table = self._headers(n, max(lengths))
             if table is None:
                 return None
             headers, pads = table
             parts += (map(headers.__getitem__, lengths), column, map(pads.__getitem__, lengths))
         return list(map(b"".join, zip(*parts, strict=True)))
 
-    def _header_table(self, n: int, longest: int) -> tuple[list[bytes], list[bytes]] | None:
+    def _headers(self, n: int, longest: int) -> tuple[list[bytes], list[bytes]] | None:
         """Slot n's element header for a value of each length up to `longest` (its padded
         length packed after the tag and VR), and the padding each length takes (PS3.5 6.2:
         even length); None past _TABLE_LIMIT or the header's limit, for the row path."""
@@ -294,7 +294,7 @@ class ResponseEncoder:
         size = _TABLE_START
         while size <= longest:
             size *= 2
-        return _header_table(prefix, pack.__self__.format, pad, size)
+        return _shared_headers(prefix, pack.__self__.format, pad, size)
 
     def __call__(self, row: tuple[Any, ...]) -> bytes:
         if self.fast:
@@ -450,7 +450,7 @@ def _layout_code(layout: tuple[tuple[int, int, str, int], ...]) -> CodeType:
 
 
 @functools.lru_cache(maxsize=512)
-def _header_table(
+def _shared_headers(
     prefix: bytes, length_format: str, pad: bytes, size: int
 ) -> tuple[list[bytes], list[bytes]]:
     """For each value length below `size`: the element header (prefix, then the padded length

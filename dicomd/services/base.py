@@ -60,12 +60,11 @@ class Responder(Protocol):
         """Send one DIMSE message (a response, or a pending response) on the request's context."""
 
     def framer(self) -> Callable[[bytes], bytes]:
-        """A data set -> the wire bytes of its PDUs on the request's context, for respond_each();
-        pure, so it may run on another thread (where C-FIND encodes its responses)."""
+        """A data set -> the wire bytes of its PDUs on the request's context, for respond_each()."""
 
     async def respond_each(self, message: Message, framed: Sequence[bytes]) -> None:
         """Send `message` once with each data set (framer()'s bytes), in order: a run of pending
-        responses (C-FIND) queued together, the command encoded once."""
+        responses (C-FIND's page) queued together, the command encoded once."""
 
     @property
     def cancel_requested(self) -> bool:
