@@ -258,19 +258,23 @@ class ResponseEncoder:
             if kind != _TEXT:
                 return None
             column: Sequence[Any] = columns[ref]
-            if set(map(type, column)) != {bytes}:
+            try:
+                joined = b"".join(column)
+            except TypeError:
                 # None (answered empty) or a number (formatted as str() does), as _raw_block.
                 column = [
                     b"" if v is None else v if v.__class__ is bytes else str(v).encode()
                     for v in column
                 ]
-            if not b"".join(column).isascii():
+                joined = b"".join(column)
+            if not joined.isascii():
                 if not utf8:
                     return None  # a character set to choose per row
                 if vr == "PN":
-                    column = [v if v.isascii() else _pn_utf8(v) for v in column]
-                    if None in column:
+                    names = _pn_column_utf8(column, joined)
+                    if names is None:
                         return None
+                    column = names
                 elif vr not in _CHARSET_VRS:
                     column = [
                         v if v.isascii() else v.decode().encode("ascii", errors="replace")
@@ -554,6 +558,18 @@ def _pn_bytes(text: str, codec: str) -> bytes | None:
     if any(name.count("=") > 2 for name in names):
         return None
     return "\\".join(name.rstrip("=") for name in names).encode(codec)
+
+
+def _pn_column_utf8(column: Sequence[bytes], joined: bytes) -> Sequence[bytes] | None:
+    """[v if v.isascii() else _pn_utf8(v) for v in column], `joined` being their concatenation:
+    in the common case (single values, at most three component groups, none ending in "=") the
+    column as it is, found by passes that loop in C."""
+    if b"\\" not in joined and max(map(bytes.count, column, repeat(b"="))) <= 2:
+        if not any(map(bytes.endswith, column, repeat(b"="))):
+            return column
+        return [v if v.isascii() else v.rstrip(b"=") for v in column]
+    rewritten = [v if v.isascii() else _pn_utf8(v) for v in column]
+    return None if None in rewritten else rewritten  # type: ignore[return-value]
 
 
 def _pn_utf8(raw: bytes) -> bytes | None:

@@ -16,7 +16,7 @@ from dicomd.query.identifier import Query, parse_identifier
 from dicomd.query.model import MODELS
 from dicomd.query.plan import Plan, Source, build_plan
 from dicomd.query.response import response_identifier
-from dicomd.query.row_encoder import ResponseEncoder, text_row
+from dicomd.query.row_encoder import _PAGE_MIN, ResponseEncoder, text_row
 from tests.query.data import PATIENT_ROOT, STUDY_ROOT
 
 SYNTAXES = (
@@ -211,6 +211,33 @@ def test_a_page_with_long_values_and_numbers() -> None:
             # Column by column, unless a value is past the tables or not ASCII outside UTF-8.
             columns = charsets == ("ISO_IR 192",) and length < 4096
             assert (encoder._columns(read) is not None) == columns
+
+
+@pytest.mark.parametrize(
+    ("names", "columns"),
+    [
+        # Single values of at most three groups, none ending in "=": taken as read.
+        (["WANG^FANG=王^芳", "LI^NA", "Wang^X=王^小=わん^"], True),
+        # A non-ASCII name with a trailing "=" loses it; an ASCII one keeps it (as the rows do).
+        (["WANG^FANG=王^芳=", "LI^NA=", "A==王"], True),
+        # An ASCII value with four groups does not stop the column path.
+        (["A=B=C=D", "WANG=王"], True),
+        # Several values in one: each is rewritten.
+        (["A^B=王^芳=\\C=山=", "D"], True),
+        # A non-ASCII name of four groups: the row path (pydicom decides).
+        (["A=B=C=王", "D"], False),
+        (["A\\B=C=D=王"], False),
+    ],
+)
+def test_a_page_of_names_in_utf8(names: list[str], columns: bool) -> None:
+    """The PN column of a UTF-8 response, rewritten by passes over the column where it can be:
+    the same bytes as the general builder, row by row."""
+    q, plan, width = _plan_in(0, ("ISO_IR 192",))
+    rows = [tuple(names[n % len(names)] for _ in range(width)) for n in range(_PAGE_MIN + 1)]
+    encoder = _encoder(q, plan, SYNTAXES[0])
+    read = [_as_read(r) for r in rows]
+    assert encoder.page(read) == [_general(q, plan, r, SYNTAXES[0]) for r in rows]
+    assert (encoder._columns(read) is not None) == columns
 
 
 @pytest.mark.parametrize("syntax", SYNTAXES)
