@@ -107,7 +107,12 @@ class _Responder:
 
     async def respond(self, message: Message, dataset: bytes | None = None) -> None:
         await self._channel.send_message(self._op.context_id, message, dataset)
-        self.last_status = getattr(message, "status", None)
+        code = getattr(message, "status", None)
+        self.last_status = code
+        if code is not None and code not in (status.PENDING, status.PENDING_WARNING):
+            # A final response is what the peer waits for (a modality, before it sends the next
+            # image): written now, not after whatever the service does next (its log line).
+            await self._channel.flush()
 
     def framer(self) -> Callable[[bytes], bytes]:
         return self._channel.framer(self._op.context_id)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -22,7 +24,17 @@ from dicomd.ul.codes import (
     RejectSource,
 )
 from dicomd.ul.items import PresentationContextRQ
-from dicomd.ul.pdu import PDV, Abort, AssociateAC, AssociateRJ, PDataTF, ReleaseRP, ReleaseRQ
+from dicomd.ul.pdu import (
+    PDV,
+    Abort,
+    AssociateAC,
+    AssociateRJ,
+    PDataTF,
+    ReleaseRP,
+    ReleaseRQ,
+    encode,
+)
+from dicomd.ul.reader import PDUReader
 from tests.conftest import make_config, run_server
 from tests.net.rawpeer import IMPLICIT, VERIFICATION, RawPeer, associate_rq, echo_pdata
 
@@ -97,6 +109,45 @@ async def test_response_fragments_respect_peer_max_pdu() -> None:
         rsp = decode_command(data)
         assert isinstance(rsp, CEchoRSP) and rsp.status == 0x0110
         peer.close()
+
+
+async def test_final_response_leaves_before_the_handler_goes_on() -> None:
+    """A final response is written when respond() returns, not when the handler next yields: a
+    modality waiting for its C-STORE-RSP does not wait for what the service does after it. The
+    peer is a blocking socket on a thread, so it reads while the handler holds the loop."""
+    blocked_until: list[float] = []
+
+    async def echo_then_work(request: Request, responder: Responder) -> None:
+        await handle_echo(request, responder)
+        # Work after the response that does not yield (as a log line): the loop is held.
+        time.sleep(0.5)  # noqa: ASYNC251
+        blocked_until.append(time.monotonic())
+
+    def peer(port: int) -> float:
+        with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
+            reader = PDUReader(1 << 20)
+
+            def receive() -> object:
+                while (pdu := reader.next_pdu()) is None:
+                    data = sock.recv(65536)
+                    assert data, "server closed the connection"
+                    reader.feed(data)
+                return pdu
+
+            sock.sendall(encode(associate_rq()))
+            assert isinstance(receive(), AssociateAC)
+            sock.sendall(encode(echo_pdata(message_id=5)))
+            rsp = receive()
+            arrived = time.monotonic()
+            assert isinstance(rsp, PDataTF)
+            assert decode_command(rsp.pdvs[0].data) == CEchoRSP(5, VERIFICATION, status.SUCCESS)
+            sock.sendall(encode(ReleaseRQ()))
+            assert isinstance(receive(), ReleaseRP)
+            return arrived
+
+    async with run_server(handlers={(VERIFICATION_SOP_CLASS, CEchoRQ): echo_then_work}) as server:
+        arrived = await asyncio.to_thread(peer, server.port)
+    assert blocked_until and arrived < blocked_until[0]
 
 
 # -- association rejection ------------------------------------------------------------------------
