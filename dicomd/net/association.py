@@ -109,7 +109,7 @@ class _Responder:
         await self._channel.send_message(self._op.context_id, message, dataset)
         code = getattr(message, "status", None)
         self.last_status = code
-        if code is not None and code not in (status.PENDING, status.PENDING_WARNING):
+        if code is not None and status.category(code) is not status.StatusCategory.PENDING:
             # A final response is what the peer waits for (a modality, before it sends the next
             # image): written now, not after whatever the service does next (its log line).
             await self._channel.flush()

@@ -562,12 +562,14 @@ def _pn_bytes(text: str, codec: str) -> bytes | None:
 
 def _pn_column_utf8(column: Sequence[bytes], joined: bytes) -> Sequence[bytes] | None:
     """[v if v.isascii() else _pn_utf8(v) for v in column], `joined` being their concatenation:
-    in the common case (single values, at most three component groups, none ending in "=") the
-    column as it is, found by passes that loop in C."""
-    if b"\\" not in joined and max(map(bytes.count, column, repeat(b"="))) <= 2:
-        if not any(map(bytes.endswith, column, repeat(b"="))):
-            return column
-        return [v if v.isascii() else v.rstrip(b"=") for v in column]
+    in the common case, where _pn_utf8 leaves every name as it is (single values, at most three
+    component groups, none ending in "="), the column itself, found by passes that loop in C."""
+    if (
+        b"\\" not in joined
+        and max(map(bytes.count, column, repeat(b"="))) <= 2
+        and not any(map(bytes.endswith, column, repeat(b"=")))
+    ):
+        return column
     rewritten = [v if v.isascii() else _pn_utf8(v) for v in column]
     return None if None in rewritten else rewritten  # type: ignore[return-value]
 
