@@ -239,10 +239,9 @@ def bench_server(
                 if stored != expected:
                     raise BenchError(f"loaded {stored} of {expected} instances")
                 print(f"  {server.label}: loaded {stored} instances in {result.load_s:.1f} s")
-                for scenario in scenarios:
-                    result.runs[scenario.key] = best_of(
-                        server, peers, studies, scenario, proc, port, workdir, dests, args
-                    )
+                result.runs = run_rounds(
+                    server, peers, studies, scenarios, proc, port, workdir, dests, args
+                )
     except (BenchError, OSError, subprocess.SubprocessError) as e:
         result.status, result.reason = "FAILED", str(e) or type(e).__name__
     return result
@@ -269,26 +268,33 @@ def destinations(
         yield
 
 
-def best_of(
+def run_rounds(
     server: QRServer,
     peers: Peers,
     studies: dict[str, Study],
-    scenario: Scenario,
+    scenarios: list[Scenario],
     proc: subprocess.Popen[bytes],
     port: int,
     workdir: Path,
     dests: list[Destination],
     args: argparse.Namespace,
-) -> Run:
-    runs: list[Run] = []
+) -> dict[str, Run]:
+    """The fastest of --repeat runs of each scenario, run in rounds (get, move, move2, get, ...)
+    rather than each scenario's runs in a block: this machine's speed drifts within minutes, and
+    the ratio of two moves to one is only meaningful when both come from the same minutes.
+    A scenario that fails keeps its failed run and is not run again."""
+    best: dict[str, Run] = {}
     for attempt in range(args.repeat):
-        run = run_one(
-            server, peers, studies, scenario, proc, port, workdir, dests, args, attempt + 1
-        )
-        runs.append(run)
-        if run.status != "ok":
-            return run
-    return min(runs, key=lambda r: r.wall_s)
+        for scenario in scenarios:
+            kept = best.get(scenario.key)
+            if kept is not None and kept.status != "ok":
+                continue
+            run = run_one(
+                server, peers, studies, scenario, proc, port, workdir, dests, args, attempt + 1
+            )
+            if kept is None or run.status != "ok" or run.wall_s < kept.wall_s:
+                best[scenario.key] = run
+    return best
 
 
 def run_one(
@@ -406,6 +412,10 @@ def print_scenario(
 
 MB_PER_S_TARGET = 200.0
 OVERLAP_TARGET = 0.8
+# Two concurrent moves against one, instances/s: 1.0x is what serialized moves would give. Above
+# it, the moves share the machine; on 2 cores that also run both storescp destinations and both
+# movescu clients, the machine itself is the limit well before 2x.
+SCALING_TARGET = 1.1
 
 
 def check_targets(results: list[ServerResult]) -> list[dict[str, Any]]:
@@ -446,6 +456,17 @@ def check_targets(results: list[ServerResult]) -> list[dict[str, Any]]:
             value,
             OVERLAP_TARGET,
         )
+        one = mine.get("move")
+        if one is not None:
+            value = None
+            if ok(both) and ok(one):
+                value = both.instances_per_s / one.instances_per_s
+            add(
+                "move2",
+                f"dicomd's 2 moves scale (instances/s vs one move >= {SCALING_TARGET}x)",
+                value,
+                SCALING_TARGET,
+            )
     return checks
 
 

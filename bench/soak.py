@@ -38,7 +38,7 @@ from bench import common
 from dicomd.app import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomd.dimse import status
 from dicomd.dimse.messages import CEchoRQ, decode_command, encode_command
-from dicomd.net.requestor import ProposedContext, RequestorAssociation
+from dicomd.net.requestor import RequestorAssociation
 from dicomd.ul.codes import AbortReason, AbortSource
 from dicomd.ul.items import (
     ImplementationClassUID,
@@ -46,6 +46,7 @@ from dicomd.ul.items import (
     PresentationContextRQ,
     UserInformation,
 )
+from dicomd.ul.negotiation import ProposedContext
 from dicomd.ul.pdu import PDV, Abort, AssociateRQ, PDataTF, ReleaseRQ, encode
 from tests import dicomgen
 from tests.reliability.crashkit import AE_TITLE, HOST, Server, write_config
