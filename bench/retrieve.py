@@ -418,6 +418,14 @@ OVERLAP_TARGET = 0.8
 SCALING_TARGET = 1.1
 
 
+def _scaling(runs: dict[str, Run]) -> float | None:
+    """(move2) instances/s over (move)'s, when both ran and succeeded."""
+    one, two = runs.get("move"), runs.get("move2")
+    if one is None or two is None or one.status != "ok" or two.status != "ok":
+        return None
+    return two.instances_per_s / one.instances_per_s
+
+
 def check_targets(results: list[ServerResult]) -> list[dict[str, Any]]:
     by_server = {r.server: r.runs for r in results}
     mine = by_server.get("dicomd", {})
@@ -456,15 +464,11 @@ def check_targets(results: list[ServerResult]) -> list[dict[str, Any]]:
             value,
             OVERLAP_TARGET,
         )
-        one = mine.get("move")
-        if one is not None:
-            value = None
-            if ok(both) and ok(one):
-                value = both.instances_per_s / one.instances_per_s
+        if "move" in mine:
             add(
                 "move2",
                 f"dicomd's 2 moves scale (instances/s vs one move >= {SCALING_TARGET}x)",
-                value,
+                _scaling(mine),
                 SCALING_TARGET,
             )
     return checks
@@ -474,9 +478,9 @@ def print_targets(checks: list[dict[str, Any]], results: list[ServerResult]) -> 
     common.print_checks(checks, "scenario")
     scaling = []
     for result in results:
-        one, two = result.runs.get("move"), result.runs.get("move2")
-        if one and two and one.status == "ok" and two.status == "ok":
-            scaling.append(f"{result.label} {two.instances_per_s / one.instances_per_s:.2f}x")
+        ratio = _scaling(result.runs)
+        if ratio is not None:
+            scaling.append(f"{result.label} {ratio:.2f}x")
     if scaling:
         print("  info: 2 concurrent moves vs one move, instances/s: " + ", ".join(scaling))
 
