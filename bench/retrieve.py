@@ -1,7 +1,8 @@
 """C-GET and C-MOVE throughput: one CT study retrieved from dicomd, Orthanc and DCMTK dcmqrscp.
 
 Data: a 400-instance CT study (512 x 512 x 16 bit, ~525 KB files) and two 200-instance CT studies,
-generated with tests/dicomgen.py and loaded with DCMTK storescu into each server, started fresh.
+generated with tests/dicomgen.py and loaded with DCMTK storescu into each server, started fresh;
+all servers are up and loaded before the first run, and the runs go in rounds over the servers.
 Scenarios: (get) getscu retrieves the 400-instance study to itself; (move) movescu moves it to a
 DCMTK storescp; (move2) two movescu at once move the two 200-instance studies to two storescp.
 Measured: the wall time of the getscu/movescu processes (after the data are loaded), then every
@@ -202,49 +203,55 @@ def verify(directory: Path, study: Study) -> tuple[int, int, int]:
 # -- one server -------------------------------------------------------------------------------
 
 
-def bench_server(
+@dataclass
+class Live:
+    """A server started, with its destinations, and loaded: ready for its runs."""
+
+    server: QRServer
+    result: ServerResult
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    dests: list[Destination]
+
+
+@contextmanager
+def started(
     server: QRServer,
     peers: Peers,
     studies: dict[str, Study],
-    scenarios: list[Scenario],
     workdir: Path,
     args: argparse.Namespace,
-) -> ServerResult:
-    """Start the destinations and the server, load the data, run each scenario."""
+) -> Iterator[Live]:
+    """Start the destinations and the server, load the data; stop them all (by PID) on exit."""
     result = ServerResult(server.key, server.label)
     workdir.mkdir(parents=True)
     dests = [Destination(f"DEST{i}", common.free_port()) for i in (1, 2)]
     dest_dirs = [workdir / f"dest{i}" for i in (1, 2)]
-    try:
-        with destinations(peers, dests, dest_dirs, workdir, args.pdu):
-            port = common.free_port()
-            launch = server.prepare(workdir, port, dests)
-            log = workdir / "server.log"
-            with common.spawned(launch.argv, log=log, env=common.dcmtk_env(), cwd=workdir) as proc:
-                common.wait_ready(
-                    proc, peers.tool("echoscu"), port, server.ae_title, log, READY_TIMEOUT
-                )
-                started = time.monotonic()
-                storescu_load(
-                    peers.tool("storescu"),
-                    server,
-                    port,
-                    [s.directory for s in studies.values()],
-                    workdir / "load.log",
-                    args.timeout,
-                )
-                result.load_s = time.monotonic() - started
-                expected = sum(len(s.files) for s in studies.values())
-                stored = server.stored(workdir, launch)
-                if stored != expected:
-                    raise BenchError(f"loaded {stored} of {expected} instances")
-                print(f"  {server.label}: loaded {stored} instances in {result.load_s:.1f} s")
-                result.runs = run_rounds(
-                    server, peers, studies, scenarios, proc, port, workdir, dests, args
-                )
-    except (BenchError, OSError, subprocess.SubprocessError) as e:
-        result.status, result.reason = "FAILED", str(e) or type(e).__name__
-    return result
+    with destinations(peers, dests, dest_dirs, workdir, args.pdu):
+        port = common.free_port()
+        launch = server.prepare(workdir, port, dests)
+        log = workdir / "server.log"
+        with common.spawned(launch.argv, log=log, env=common.dcmtk_env(), cwd=workdir) as proc:
+            common.wait_ready(
+                proc, peers.tool("echoscu"), port, server.ae_title, log, READY_TIMEOUT
+            )
+            begun = time.monotonic()
+            storescu_load(
+                peers.tool("storescu"),
+                server,
+                port,
+                [s.directory for s in studies.values()],
+                workdir / "load.log",
+                args.timeout,
+            )
+            result.load_s = time.monotonic() - begun
+            expected = sum(len(s.files) for s in studies.values())
+            stored = server.stored(workdir, launch)
+            if stored != expected:
+                raise BenchError(f"loaded {stored} of {expected} instances")
+            print(f"  {server.label}: loaded {stored} instances in {result.load_s:.1f} s")
+            yield Live(server, result, proc, port, workdir, dests)
 
 
 @contextmanager
@@ -269,32 +276,38 @@ def destinations(
 
 
 def run_rounds(
-    server: QRServer,
+    live: list[Live],
     peers: Peers,
     studies: dict[str, Study],
     scenarios: list[Scenario],
-    proc: subprocess.Popen[bytes],
-    port: int,
-    workdir: Path,
-    dests: list[Destination],
     args: argparse.Namespace,
-) -> dict[str, Run]:
-    """The fastest of --repeat runs of each scenario, run in rounds (get, move, move2, get, ...)
-    rather than each scenario's runs in a block: this machine's speed drifts within minutes, and
-    the ratio of two moves to one is only meaningful when both come from the same minutes.
-    A scenario that fails keeps its failed run and is not run again."""
-    best: dict[str, Run] = {}
+) -> None:
+    """Each server's fastest of --repeat runs of each scenario, into its result. The runs go in
+    rounds, servers and scenarios interleaved (dicomd get, move, move2, Orthanc get, ..., then
+    dicomd again), rather than in blocks: this machine's speed drifts within minutes, and a ratio,
+    of two servers or of two moves to one, only means something when both sides come from the
+    same minutes. A scenario that fails keeps its failed run and is not run again."""
     for attempt in range(args.repeat):
-        for scenario in scenarios:
-            kept = best.get(scenario.key)
-            if kept is not None and kept.status != "ok":
-                continue
-            run = run_one(
-                server, peers, studies, scenario, proc, port, workdir, dests, args, attempt + 1
-            )
-            if kept is None or run.status != "ok" or run.wall_s < kept.wall_s:
-                best[scenario.key] = run
-    return best
+        for one in live:
+            best = one.result.runs
+            for scenario in scenarios:
+                kept = best.get(scenario.key)
+                if kept is not None and kept.status != "ok":
+                    continue
+                run = run_one(
+                    one.server,
+                    peers,
+                    studies,
+                    scenario,
+                    one.proc,
+                    one.port,
+                    one.workdir,
+                    one.dests,
+                    args,
+                    attempt + 1,
+                )
+                if kept is None or run.status != "ok" or run.wall_s < kept.wall_s:
+                    best[scenario.key] = run
 
 
 def run_one(
@@ -536,14 +549,25 @@ def _bench(args: argparse.Namespace, scenarios: list[Scenario], tmp: Path) -> in
     servers, skipped = servers_for(peers, args.servers.split(","))
     studies = generate(tmp / "data", args.ct, args.ct2)
     results: list[ServerResult] = []
-    for server in servers:
-        print(f"server {server.label}: starting")
-        result = bench_server(server, peers, studies, scenarios, tmp / "runs" / server.key, args)
-        if result.status != "ok":
-            print(f"  {server.label}: FAILED: {result.reason}")
-        results.append(result)
-        if not args.keep:
-            shutil.rmtree(tmp / "runs" / server.key, ignore_errors=True)
+    with ExitStack() as stack:
+        live: list[Live] = []
+        for server in servers:
+            print(f"server {server.label}: starting")
+            try:
+                one = stack.enter_context(
+                    started(server, peers, studies, tmp / "runs" / server.key, args)
+                )
+            except (BenchError, OSError, subprocess.SubprocessError) as e:
+                broken = ServerResult(
+                    server.key, server.label, "FAILED", str(e) or type(e).__name__
+                )
+                print(f"  {server.label}: FAILED: {broken.reason}")
+                results.append(broken)
+                continue
+            live.append(one)
+            results.append(one.result)
+        # All servers are up and loaded, then measured in rounds; they are stopped together.
+        run_rounds(live, peers, studies, scenarios, args)
     for scenario in scenarios:
         print_scenario(scenario, studies, results, skipped)
     checks = check_targets(results)
