@@ -18,12 +18,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -234,6 +234,36 @@ class Monitor:
             rss = sum(status_kib(member, "VmRSS") for member in tree(self.pid)) * 1024
             self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
             self._stop.wait(self.interval)
+
+
+# -- repeated runs ----------------------------------------------------------------------------
+
+
+class Timed(Protocol):
+    status: str  # "ok" or "FAILED"
+    wall_s: float
+
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R", bound=Timed)
+
+
+def fastest_in_rounds(repeat: int, jobs: Sequence[tuple[K, Callable[[int], R]]]) -> dict[K, R]:
+    """Each job's fastest of `repeat` runs (a job is called with the attempt number, from 1).
+
+    The jobs run in rounds (a, b, c, a, b, c, ...), not each one's runs in a block: this machine's
+    speed drifts within minutes, and a ratio of two jobs' figures only means something when both
+    come from the same minutes. A job whose run fails keeps that run and is not run again."""
+    best: dict[K, R] = {}
+    for attempt in range(1, repeat + 1):
+        for key, job in jobs:
+            kept = best.get(key)
+            if kept is not None and kept.status != "ok":
+                continue
+            run = job(attempt)
+            if kept is None or run.status != "ok" or run.wall_s < kept.wall_s:
+                best[key] = run
+    return best
 
 
 # -- reporting --------------------------------------------------------------------------------

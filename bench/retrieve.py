@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -283,31 +284,32 @@ def run_rounds(
     args: argparse.Namespace,
 ) -> None:
     """Each server's fastest of --repeat runs of each scenario, into its result. The runs go in
-    rounds, servers and scenarios interleaved (dicomd get, move, move2, Orthanc get, ..., then
-    dicomd again), rather than in blocks: this machine's speed drifts within minutes, and a ratio,
-    of two servers or of two moves to one, only means something when both sides come from the
-    same minutes. A scenario that fails keeps its failed run and is not run again."""
-    for attempt in range(args.repeat):
-        for one in live:
-            best = one.result.runs
-            for scenario in scenarios:
-                kept = best.get(scenario.key)
-                if kept is not None and kept.status != "ok":
-                    continue
-                run = run_one(
-                    one.server,
-                    peers,
-                    studies,
-                    scenario,
-                    one.proc,
-                    one.port,
-                    one.workdir,
-                    one.dests,
-                    args,
-                    attempt + 1,
-                )
-                if kept is None or run.status != "ok" or run.wall_s < kept.wall_s:
-                    best[scenario.key] = run
+    rounds over servers and scenarios together (dicomd get, move, move2, Orthanc get, ..., then
+    dicomd again; common.fastest_in_rounds), so that a ratio, of two servers or of two moves to
+    one, compares runs from the same minutes."""
+    jobs = [
+        (
+            (one.server.key, scenario.key),
+            partial(
+                run_one,
+                one.server,
+                peers,
+                studies,
+                scenario,
+                one.proc,
+                one.port,
+                one.workdir,
+                one.dests,
+                args,
+            ),
+        )
+        for one in live
+        for scenario in scenarios
+    ]
+    best = common.fastest_in_rounds(args.repeat, jobs)
+    for one in live:
+        for scenario in scenarios:
+            one.result.runs[scenario.key] = best[(one.server.key, scenario.key)]
 
 
 def run_one(

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -237,30 +238,35 @@ def run_rounds(
     args: argparse.Namespace,
     deadline: float,
 ) -> list[Run]:
-    """Each server's fastest of --repeat runs, in the order of `servers`. The runs go in rounds
-    (storescp, dicomd, ..., storescp, dicomd, ...) rather than each server's in a block: this
-    machine's speed drifts within minutes, and a ratio of two servers is only meaningful when
-    both come from the same minutes. A server whose run fails keeps that run and is not run
-    again."""
-    best: dict[str, Run] = {}
-    for attempt in range(args.repeat):
-        for server in servers:
-            kept = best.get(server.key)
-            if kept is not None and kept.status != "ok":
-                continue
-            workdir = tmp / "runs" / f"{scenario.key}-{server.key}-{attempt + 1}"
-            timeout = min(args.timeout, deadline - time.monotonic())
-            if timeout <= 0:
-                run = Run(
-                    server.key, server.label, "FAILED", "scenario timeout", expected=data.files
-                )
-            else:
-                run = run_one(server, scenario, data, tools, workdir, timeout)
-            if not args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
-            if kept is None or run.status != "ok" or run.wall_s < kept.wall_s:
-                best[server.key] = run
+    """Each server's fastest of --repeat runs, in the order of `servers`; the runs go in rounds
+    over the servers (common.fastest_in_rounds), so the ratios compare the same minutes."""
+    jobs = [
+        (server.key, partial(_attempt, server, scenario, data, tools, tmp, args, deadline))
+        for server in servers
+    ]
+    best = common.fastest_in_rounds(args.repeat, jobs)
     return [best[server.key] for server in servers]
+
+
+def _attempt(
+    server: Server,
+    scenario: Scenario,
+    data: Data,
+    tools: Tools,
+    tmp: Path,
+    args: argparse.Namespace,
+    deadline: float,
+    attempt: int,
+) -> Run:
+    workdir = tmp / "runs" / f"{scenario.key}-{server.key}-{attempt}"
+    timeout = min(args.timeout, deadline - time.monotonic())
+    if timeout <= 0:
+        return Run(server.key, server.label, "FAILED", "scenario timeout", expected=data.files)
+    try:
+        return run_one(server, scenario, data, tools, workdir, timeout)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- report -----------------------------------------------------------------------------------
