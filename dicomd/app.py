@@ -52,6 +52,9 @@ DEFLATED_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1.99"
 # Written at a clean shutdown, removed at start-up: its absence means the last run ended in a crash and
 # the store must be reconciled with the index before serving.
 CLEAN_SHUTDOWN_MARKER = ".clean-shutdown"
+# Empty spool files kept ready (storage/spares.py): one per association storing at the same time
+# takes its spool without waiting on the filesystem; beyond that, a store creates its own.
+SPOOL_SPARES = 4
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.store.close()
+        await asyncio.to_thread(self.files.close)
         await self.index.close()
         marker = self.config.storage.root / CLEAN_SHUTDOWN_MARKER
         await asyncio.to_thread(marker.touch)
@@ -100,7 +104,9 @@ class Runtime:
 
 async def open_runtime(config: Config) -> Runtime:
     durable = config.storage.durability == "full"
-    files = await asyncio.to_thread(FileStore, config.storage.root, fsync=durable)
+    files = await asyncio.to_thread(
+        partial(FileStore, config.storage.root, fsync=durable, spares=SPOOL_SPARES)
+    )
     await asyncio.to_thread(config.index.path.parent.mkdir, parents=True, exist_ok=True)
     index = await Index.open(
         config.index.path,

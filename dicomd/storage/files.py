@@ -4,6 +4,7 @@ Owns: the on-disk layout under one root directory, the PS3.10 File Meta Informat
 front of every stored dataset, and the durability protocol of a C-STORE:
 
     root/tmp/<uuid>.part                 spool: File Meta written by us, then the dataset as received
+    root/tmp/<uuid>.spare                empty, made ahead of need; becomes a spool (spares.py)
     root/objects/ab/cd/<sha256(uid)>.dcm  installed: renamed from tmp/ once complete and fsynced
 
 A file is durable when install() returns: the spool was fsynced, renamed with os.replace (atomic on
@@ -35,6 +36,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
+
+from dicomd.storage.spares import PART_SUFFIX, SPARE_SUFFIX, SparePool
 
 __all__ = [
     "FileMeta",
@@ -269,13 +272,20 @@ class FileStore:
     """The files under `root`; see the module docstring for the layout and durability protocol."""
 
     def __init__(
-        self, root: Path, *, fsync: bool = True, opener: SpoolOpener | None = None
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        opener: SpoolOpener | None = None,
+        spares: int = 0,
     ) -> None:
+        """`spares`: how many empty spool files to keep ready in tmp/ (spares.py); 0 for none."""
         self.root = Path(root)
         self._fsync = fsync
         self._opener: SpoolOpener = opener or _open_spool
         self._tmp = self.root / "tmp"
         self._objects = self.root / "objects"
+        self._spares = SparePool(self._tmp, self._opener, spares) if spares > 0 else None
         # Fan-out directories ("ab/cd") known to exist durably, so the hot path of install()
         # costs no mkdir or stat. Only ever grows; the lock serialises the slow path that creates.
         self._known_dirs: set[str] = set()
@@ -315,13 +325,17 @@ class FileStore:
     def create_spool(self, meta: FileMeta) -> Spool:
         """A new spool in root/tmp with the File Meta already written (ValueError on a bad meta)."""
         header = encode_file_meta(meta)
-        path = self._tmp / f"{uuid.uuid4().hex}.part"
-        try:
-            file = self._opener(path)
-        except OSError as exc:
-            with suppress(OSError):
-                os.unlink(path)  # an opener may fail after creating the file
-            raise _mapped(exc, f"creating {path.name}") from exc
+        spare = self._spares.take() if self._spares is not None else None
+        if spare is not None:
+            path, file = spare
+        else:
+            path = self._tmp / f"{uuid.uuid4().hex}{PART_SUFFIX}"
+            try:
+                file = self._opener(path)
+            except OSError as exc:
+                with suppress(OSError):
+                    os.unlink(path)  # an opener may fail after creating the file
+                raise _mapped(exc, f"creating {path.name}") from exc
         spool = Spool(path, file, fsync=self._fsync)
         spool.write(header)  # maps its own errors and removes the file
         spool.dataset_offset = len(header)
@@ -373,6 +387,16 @@ class FileStore:
                 raise _mapped(exc, f"syncing the directory of {relpath}") from exc
         return StoredFile(relpath, spool.size, spool.sha256())
 
+    def close(self) -> None:
+        """Remove the spare spool files and stop the thread that makes them (spares.py)."""
+        if self._spares is not None:
+            self._spares.close()
+
+    @property
+    def spares_ready(self) -> int:
+        """Empty spool files ready in tmp/ now."""
+        return self._spares.ready if self._spares is not None else 0
+
     def path(self, relpath: str) -> Path:
         """root / relpath; ValueError for anything absolute, empty, or climbing out with "..".
 
@@ -405,17 +429,21 @@ class FileStore:
                 raise _mapped(exc, f"syncing the directory of {relpath}") from exc
 
     def clean_tmp(self) -> int:
-        """Remove the spool files a crash left in tmp/; returns how many. Only at start-up:
-        a spool in use would be removed too."""
-        removed = 0
+        """Remove the spool files a crash left in tmp/, and its empty spares; returns how many
+        spools. Only at start-up: a spool in use would be removed too."""
+        removed = spares = 0
         try:
             with os.scandir(self._tmp) as entries:
                 for entry in entries:
-                    if entry.name.endswith(".part") and entry.is_file(follow_symlinks=False):
+                    spool = entry.name.endswith(PART_SUFFIX)
+                    if not (spool or entry.name.endswith(SPARE_SUFFIX)):
+                        continue
+                    if entry.is_file(follow_symlinks=False):
                         with suppress(FileNotFoundError):
                             os.unlink(entry.path)
-                            removed += 1
-            if removed and self._fsync:
+                            removed += spool
+                            spares += not spool
+            if (removed or spares) and self._fsync:
                 _fsync_dir(self._tmp)
         except OSError as exc:
             raise _mapped(exc, "cleaning tmp") from exc

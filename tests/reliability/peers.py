@@ -78,8 +78,9 @@ async def assert_intact(index: Index, files: FileStore, acknowledged: dict[str, 
 
 
 def spools(root: Path) -> list[Path]:
+    """Spool files in tmp/ (the empty `*.spare` files kept ready beside them hold no data)."""
     tmp = root / "tmp"
-    return list(tmp.iterdir()) if tmp.exists() else []
+    return list(tmp.glob("*.part")) if tmp.exists() else []
 
 
 async def non_reader(

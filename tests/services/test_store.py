@@ -16,6 +16,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
+from dicomd.app import SPOOL_SPARES
 from dicomd.config import IndexConfig
 from dicomd.dimse import status
 from dicomd.dimse.fragments import fragment
@@ -82,7 +83,9 @@ def stored_files(root: Path) -> list[Path]:
 
 
 def spools(root: Path) -> list[Path]:
-    return list((root / "tmp").iterdir())
+    """Spool files in tmp/: a dataset being received, or one half-written and left behind. (The
+    empty spares kept ready beside them, `*.spare`, hold nothing a peer sent.)"""
+    return list((root / "tmp").glob("*.part"))
 
 
 async def test_store_writes_part10_file_and_commits_index_before_success() -> None:
@@ -115,6 +118,25 @@ async def test_store_writes_part10_file_and_commits_index_before_success() -> No
         assert ds.PatientName == "Test^Store"
         assert spools(config.storage.root) == []
         peer.close()
+
+
+async def test_spare_spools_are_taken_bounded_and_removed_at_shutdown() -> None:
+    config = make_config()
+    tmp = config.storage.root / "tmp"
+    async with run_runtime(config) as (server, runtime):
+        peer = await associate(server.port)
+        for _ in range(2 * SPOOL_SPARES):
+            uid = generate_uid()
+            assert (await send_store(peer, uid, dataset_bytes(uid))).status == status.SUCCESS
+        for _ in range(1000):  # made by a thread in the background: up to 10 s
+            if runtime.files.spares_ready == SPOOL_SPARES:
+                break
+            await asyncio.sleep(0.01)
+        left = sorted(tmp.iterdir())
+        assert [p.suffix for p in left] == [".spare"] * SPOOL_SPARES
+        assert all(p.stat().st_size == 0 for p in left)
+        peer.close()
+    assert list(tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize(
