@@ -240,33 +240,21 @@ def run_rounds(
 ) -> list[Run]:
     """Each server's fastest of --repeat runs, in the order of `servers`; the runs go in rounds
     over the servers (common.fastest_in_rounds), so the ratios compare the same minutes."""
-    jobs = [
-        (server.key, partial(_attempt, server, scenario, data, tools, tmp, args, deadline))
-        for server in servers
-    ]
+
+    def attempt(server: Server, number: int) -> Run:
+        workdir = tmp / "runs" / f"{scenario.key}-{server.key}-{number}"
+        timeout = min(args.timeout, deadline - time.monotonic())
+        if timeout <= 0:
+            return Run(server.key, server.label, "FAILED", "scenario timeout", expected=data.files)
+        try:
+            return run_one(server, scenario, data, tools, workdir, timeout)
+        finally:
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    jobs = [(server.key, partial(attempt, server)) for server in servers]
     best = common.fastest_in_rounds(args.repeat, jobs)
     return [best[server.key] for server in servers]
-
-
-def _attempt(
-    server: Server,
-    scenario: Scenario,
-    data: Data,
-    tools: Tools,
-    tmp: Path,
-    args: argparse.Namespace,
-    deadline: float,
-    attempt: int,
-) -> Run:
-    workdir = tmp / "runs" / f"{scenario.key}-{server.key}-{attempt}"
-    timeout = min(args.timeout, deadline - time.monotonic())
-    if timeout <= 0:
-        return Run(server.key, server.label, "FAILED", "scenario timeout", expected=data.files)
-    try:
-        return run_one(server, scenario, data, tools, workdir, timeout)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- report -----------------------------------------------------------------------------------
