@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from dicomd.storage.spares import PART_SUFFIX, SPARE_SUFFIX, SparePool
+from dicomd.storage.spares import PART_SUFFIX, SPARE_SUFFIX, SparePool, create
 
 __all__ = [
     "FileMeta",
@@ -331,10 +331,8 @@ class FileStore:
         else:
             path = self._tmp / f"{uuid.uuid4().hex}{PART_SUFFIX}"
             try:
-                file = self._opener(path)
+                file = create(self._opener, path)
             except OSError as exc:
-                with suppress(OSError):
-                    os.unlink(path)  # an opener may fail after creating the file
                 raise _mapped(exc, f"creating {path.name}") from exc
         spool = Spool(path, file, fsync=self._fsync)
         spool.write(header)  # maps its own errors and removes the file

@@ -103,10 +103,8 @@ class SparePool:
                     return
             path = self._directory / f"{uuid.uuid4().hex}{SPARE_SUFFIX}"
             try:
-                file = self._opener(path)
+                file = create(self._opener, path)
             except OSError:
-                with suppress(OSError):
-                    os.unlink(path)  # an opener may fail after creating the file
                 with self._wake:
                     self._stalled = True
                 continue
@@ -116,6 +114,16 @@ class SparePool:
                     continue
             _remove(path, file)  # closed while this one was being made
             return
+
+
+def create(opener: Callable[[Path], BinaryIO], path: Path) -> BinaryIO:
+    """opener(path); when it fails, whatever it may have created first is removed."""
+    try:
+        return opener(path)
+    except OSError:
+        with suppress(OSError):
+            os.unlink(path)
+        raise
 
 
 def _remove(path: Path, file: BinaryIO) -> None:
