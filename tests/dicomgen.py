@@ -178,18 +178,20 @@ def _base(
     series_uid: str,
     patient_name: str,
     charset: str | None,
-    seed: int,
 ) -> Dataset:
     ds = Dataset()
     if charset:
         ds.SpecificCharacterSet = charset
-    day = date(2024, 1, 1) + timedelta(days=seed % 366)
-    when = f"{8 + seed % 10:02d}{seed % 60:02d}{rng.randrange(60):02d}"
+    # Study and series attributes follow from their UIDs, so that every instance of a series
+    # agrees on them, as a modality's do; only the content time varies from instance to instance.
+    study_key = zlib.crc32(study_uid.encode())
+    day = date(2024, 1, 1) + timedelta(days=study_key % 366)
+    when = f"{8 + study_key % 10:02d}{study_key % 60:02d}{study_key // 60 % 60:02d}"
     ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = sop_instance_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = day.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = when
-    ds.ContentTime = f"{when}.{rng.randrange(10**6):06d}"
+    ds.ContentTime = f"{when[:4]}{rng.randrange(60):02d}.{rng.randrange(10**6):06d}"
     ds.AccessionNumber = f"A{zlib.crc32(study_uid.encode()) % 10**8:08d}"
     ds.Modality = kind.modality
     ds.Manufacturer = "dicomd test data"
@@ -204,7 +206,7 @@ def _base(
     ds.PatientSex = "FMO"[zlib.crc32(patient_name.encode("utf-8")) % 3]
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
-    ds.StudyID = str(1 + seed % 1000)
+    ds.StudyID = str(1 + study_key % 1000)
     ds.SeriesNumber = 1 + zlib.crc32(series_uid.encode()) % 100
     ds.InstanceNumber = 1
     return ds
@@ -626,7 +628,6 @@ def write_instance(
         series_uid=series_uid,
         patient_name=patient_name,
         charset=charset,
-        seed=seed,
     )
     _fill(ds, kind, rng, ts, size_bytes, frames)
     for keyword, value in attrs.items():
