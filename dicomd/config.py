@@ -190,14 +190,21 @@ def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     """DICOMD_SERVER__AE_TITLE=PACS sets [server] ae_title. The value is read as a TOML value when
-    it is one (numbers, true/false, ["arrays"]), else as a string. [[remote]] is file-only."""
+    it is one (numbers, true/false, ["arrays"]), else as a string.
+
+    DICOMD_REMOTE is the whole [[remote]] list, a TOML array of inline tables, and replaces the
+    file's: DICOMD_REMOTE='[{ae_title = "VIEWER", host = "10.0.0.5", port = 104}]'."""
     for name, raw in env.items():
+        if name == f"{ENV_PREFIX}REMOTE":
+            data["remote"] = _remote_list(name, raw)
+            continue
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section == "remote" or not key:
             raise ConfigError(
-                f"{name}: only DICOMD_<SECTION>__<KEY> of a table section is supported"
+                f"{name}: only DICOMD_<SECTION>__<KEY> of a table section, or DICOMD_REMOTE,"
+                " is supported"
             )
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
@@ -207,6 +214,19 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         if not isinstance(table, dict):
             raise ConfigError(f"{name}: [{section}] is not a table")
         table[key] = value
+
+
+def _remote_list(name: str, raw: str) -> list[Any]:
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{name}: not a TOML array of inline tables: {e}") from e
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ConfigError(
+            f'{name}: expected an array of inline tables, e.g. [{{ae_title = "VIEWER",'
+            ' host = "10.0.0.5", port = 104}]'
+        )
+    return value
 
 
 def from_mapping(data: Mapping[str, Any]) -> Config:

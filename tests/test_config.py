@@ -117,6 +117,36 @@ def test_environment_overrides(tmp_path: Path) -> None:
         config.load(None, env={"DICOMD_SERVER__PORT": "eleven"})
 
 
+def test_remote_list_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "dicomd.toml"
+    path.write_text('[[remote]]\nae_title = "FILE"\nhost = "10.0.0.1"\nport = 104\n')
+    assert [r.ae_title for r in config.load(path, env={}).remote] == ["FILE"]
+    env = {
+        "DICOMD_REMOTE": '[{ae_title = "VIEWER", host = "10.0.0.5", port = 104},'
+        ' {ae_title = "WS2", host = "ws2.example", port = 11112, tls = true}]',
+        "DICOMD_TLS__ENABLED": "true",
+        "DICOMD_TLS__CERTIFICATE": str(tmp_path / "c.pem"),
+        "DICOMD_TLS__PRIVATE_KEY": str(tmp_path / "k.pem"),
+    }
+    remotes = config.load(path, env=env).remote  # replaces the file's list
+    assert [(r.ae_title, r.host, r.port, r.tls) for r in remotes] == [
+        ("VIEWER", "10.0.0.5", 104, False),
+        ("WS2", "ws2.example", 11112, True),
+    ]
+    assert config.load(path, env={"DICOMD_REMOTE": "[]"}).remote == ()
+    for raw, message in (
+        ("VIEWER@10.0.0.5:104", "not a TOML array"),
+        ('{ae_title = "V", host = "h", port = 1}', "expected an array of inline tables"),
+        ('["VIEWER"]', "expected an array of inline tables"),
+        ('[{ae_title = "V", host = "h"}]', r"remote\[0\]"),  # the port is required
+        ('[{ae_title = "V", host = "h", port = 1, colour = "red"}]', "colour"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            config.load(None, env={"DICOMD_REMOTE": raw})
+    with pytest.raises(ConfigError, match="DICOMD_REMOTE"):
+        config.load(None, env={"DICOMD_REMOTE__HOST": "h"})
+
+
 def test_query_section() -> None:
     cfg = from_mapping({"query": {"pn_case_insensitive": False, "max_matches": 0}})
     assert (cfg.query.pn_case_insensitive, cfg.query.max_matches) == (False, 0)

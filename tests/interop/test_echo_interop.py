@@ -40,10 +40,16 @@ async def run_tool(*argv: str, timeout: float = 30.0) -> tuple[int, str]:
 
 
 @asynccontextmanager
-async def background(*argv: str, ready_port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A peer process we started, ended by its PID when the block ends."""
+async def background(
+    *argv: str, ready_port: int, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A process we started (a DCMTK peer unless `env` says otherwise), ready once `ready_port`
+    accepts connections, ended by its PID when the block ends."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=dcmtk_env()
+        *argv,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=dcmtk_env() if env is None else env,
     )
     try:
         async with asyncio.timeout(15):

@@ -4,6 +4,7 @@ move destination) and pynetdicom, byte-identical datasets after the round trip."
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests import dicomgen
 from tests.conftest import free_port, make_config, require_tool, run_runtime
 from tests.interop.test_echo_interop import background, run_tool
 from tests.interop.test_store_interop import _pynetdicom_store
+from tests.service.test_systemd_unit import dicomd_command, write_config
 
 pytestmark = pytest.mark.interop
 
@@ -312,6 +314,37 @@ async def test_dcmtk_movescu_to_dcmtk_storescp(tmp_path: Path) -> None:
                 "-k", f"QueryRetrieveLevel={level}", *args, "127.0.0.1", str(server.port),
             )  # fmt: skip
             assert code == 0, text
+    got = {str(uids(p).SOPInstanceUID): dicomgen.dataset_bytes(p) for p in dest.iterdir()}
+    assert got == by_uid(files)
+
+
+async def test_dicomd_serve_moves_to_a_destination_from_the_environment(tmp_path: Path) -> None:
+    """A container's way: the C-MOVE destination exists only in DICOMD_REMOTE."""
+    movescu, storescp = require_tool("movescu"), require_tool("storescp")
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dest_port, port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DICOMD_REMOTE": f'[{{ae_title = "ENVDEST", host = "127.0.0.1", port = {dest_port}}}]',
+    }
+    serve = [*dicomd_command(), "serve", "--config", str(write_config(tmp_path, port))]
+    async with (
+        background(
+            storescp, "-aet", "ENVDEST", "+xa", "-od", str(dest), str(dest_port),
+            ready_port=dest_port,
+        ),
+        background(*serve, ready_port=port, env=env),
+    ):  # fmt: skip
+        await asyncio.to_thread(_pynetdicom_store, port, files)
+        study = str(uids(files[0]).StudyInstanceUID)
+        code, text = await run_tool(
+            movescu, "-S", "-aec", "DICOMD", "-aem", "ENVDEST",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+            "127.0.0.1", str(port),
+        )  # fmt: skip
+        assert code == 0, text
     got = {str(uids(p).SOPInstanceUID): dicomgen.dataset_bytes(p) for p in dest.iterdir()}
     assert got == by_uid(files)
 
