@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     p_echo.add_argument("--aet", default="DICOMD_ECHO", help="our (calling) AE title")
     p_echo.add_argument("--aec", default="DICOMD", help="the peer's (called) AE title")
     p_echo.add_argument("--timeout", type=float, default=10.0, help="seconds for each step")
+    p_echo.add_argument(
+        "--tls", action="store_true", help="connect over TLS (the peer's certificate is verified)"
+    )
+    p_echo.add_argument(
+        "--ca", metavar="PEM", default="", help="CA certificates to verify the peer with (--tls)"
+    )
+    p_echo.add_argument("--cert", metavar="PEM", default="", help="our certificate (--tls)")
+    p_echo.add_argument("--key", metavar="PEM", default="", help="its private key (--tls)")
     p_echo.add_argument("host")
     p_echo.add_argument("port", type=int)
 
@@ -88,7 +96,21 @@ def _echo(args: argparse.Namespace) -> int:
     from dicomd.net.requestor import AssociationError, echo
 
     log.configure("warning", "console")
+    if not args.tls and (args.ca or args.cert or args.key):
+        print("dicomd echo: --ca, --cert and --key go with --tls", file=sys.stderr)
+        return 2
+    if bool(args.cert) != bool(args.key):
+        print("dicomd echo: --cert and --key go together", file=sys.stderr)
+        return 2
     try:
+        ssl_context = None
+        if args.tls:
+            from dicomd.config import TLSConfig
+            from dicomd.tls import client_context
+
+            ssl_context = client_context(
+                TLSConfig(certificate=args.cert, private_key=args.key, ca_certificates=args.ca)
+            )
         status = asyncio.run(
             echo(
                 args.host,
@@ -98,6 +120,7 @@ def _echo(args: argparse.Namespace) -> int:
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
                 timeout=args.timeout,
+                ssl_context=ssl_context,
             )
         )
     except (AssociationError, OSError, TimeoutError) as e:

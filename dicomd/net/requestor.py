@@ -263,8 +263,9 @@ async def echo(
     implementation_class_uid: str,
     implementation_version_name: str,
     timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
-    """One association with one C-ECHO; returns the response status."""
+    """One association with one C-ECHO (over TLS with `ssl_context`); returns the status."""
     assoc = await RequestorAssociation.open(
         host,
         port,
@@ -274,6 +275,7 @@ async def echo(
         implementation_class_uid=implementation_class_uid,
         implementation_version_name=implementation_version_name,
         timeout=timeout,
+        ssl_context=ssl_context,
     )
     async with assoc:
         return await assoc.echo()

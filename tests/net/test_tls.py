@@ -7,6 +7,7 @@ import asyncio
 import shutil
 import ssl
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,39 @@ async def test_move_to_a_tls_destination(pki: dict[str, Path], tmp_path: Path) -
         assert sorted(received) == sorted(str(uids(f).SOPInstanceUID) for f in files)
     finally:
         await asyncio.to_thread(dest.shutdown)
+
+
+async def test_dicomd_echo_over_tls_to_dcmtk_storescp(pki: dict[str, Path], tmp_path: Path) -> None:
+    """`dicomd echo --tls` against DCMTK's TLS listener, which requires a client certificate."""
+    from tests.interop.test_echo_interop import background
+
+    storescp = require_tool("storescp")
+    port = free_port()
+    echo = [sys.executable, "-m", "dicomd.cli", "echo", "--aec", "TLSSCP", "--timeout", "5"]
+    trusted = ["--tls", "--ca", str(pki["ca_crt"])]
+    client = ["--cert", str(pki["client_crt"]), "--key", str(pki["client_key"])]
+    async with background(
+        storescp, "-aet", "TLSSCP", "+tls", str(pki["server_key"]), str(pki["server_crt"]),
+        "+cf", str(pki["ca_crt"]), "-od", str(tmp_path), str(port), ready_port=port,
+    ):  # fmt: skip
+        code, out = await run_tool(*echo, *trusted, *client, "127.0.0.1", str(port))
+        assert code == 0, out
+        assert "Success" in out
+        # storescp requires a client certificate.
+        code, out = await run_tool(*echo, *trusted, "127.0.0.1", str(port))
+        assert code == 1, out
+        # Our test CA is not among the system's: the server is not trusted.
+        code, out = await run_tool(*echo, "--tls", *client, "127.0.0.1", str(port))
+        assert code == 1, out
+        assert "CERTIFICATE_VERIFY_FAILED" in out
+        # A plain association on the TLS port gets nowhere.
+        code, out = await run_tool(*echo, "127.0.0.1", str(port))
+        assert code == 1, out
+        code, out = await run_tool(*echo, *trusted, *client, "127.0.0.1", str(port))
+        assert code == 0, out  # and the listener still serves
+    for argv, message in (
+        (["--ca", str(pki["ca_crt"])], "go with --tls"),
+        (["--tls", "--cert", str(pki["client_crt"])], "go together"),
+    ):
+        code, out = await run_tool(*echo, *argv, "127.0.0.1", str(port))
+        assert (code, message in out) == (2, True), out
