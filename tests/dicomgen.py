@@ -192,7 +192,7 @@ def _base(
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = day.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = when
     ds.ContentTime = f"{when[:4]}{rng.randrange(60):02d}.{rng.randrange(10**6):06d}"
-    ds.AccessionNumber = f"A{zlib.crc32(study_uid.encode()) % 10**8:08d}"
+    ds.AccessionNumber = f"A{study_key % 10**8:08d}"
     ds.Modality = kind.modality
     ds.Manufacturer = "dicomd test data"
     ds.InstitutionName = "General Hospital"
