@@ -62,6 +62,7 @@ from dicomd.ul.pdu import (
 from dicomd.ul.reader import PDUReader
 from tests.conftest import make_config, run_runtime
 from tests.fuzz import corpus
+from tests.reliability.peers import spools
 
 # Short timers: a session the fuzzer leaves hanging is cut off quickly, and a test never waits long.
 # (dimse_timeout also bounds how long A-RELEASE waits for an operation in progress, e.g. a C-GET
@@ -181,7 +182,7 @@ def harness() -> Iterator[Harness]:
             assert hashlib.sha256(content).hexdigest() == row.sha256
             assert content.endswith(corpus.ct_dataset(CONTROL_INSTANCE))
             assert loop.run(runtime.index.integrity_check()) == "ok"
-            assert list((config.storage.root / "tmp").glob("*.part")) == []
+            assert spools(config.storage.root) == []
         finally:
             loop.run(runtime.close())
 
@@ -215,7 +216,7 @@ def test_runner_survives_mutated_sessions(harness: Harness, stream: bytes, chunk
         assert all(isinstance(p, Abort) for p in pdus[1:]), pdus
     # Nothing is half-written in the store's spool directory once the session is over.
     harness.loop.run(harness.runtime.store.drain())
-    assert list((harness.runtime.config.storage.root / "tmp").glob("*.part")) == []
+    assert spools(harness.runtime.config.storage.root) == []
 
 
 # --- many fuzzed connections over TCP: nothing is left behind ----------------------------------

@@ -17,7 +17,7 @@ import pytest
 from dicomd.config import RemoteAE, TLSConfig
 from dicomd.dimse import status
 from tests.conftest import IN_CI, free_port, make_config, require_tool, run_runtime
-from tests.interop.test_echo_interop import run_tool
+from tests.interop.test_echo_interop import background, run_tool
 
 pytestmark = pytest.mark.interop
 
@@ -178,8 +178,6 @@ async def test_move_to_a_tls_destination(pki: dict[str, Path], tmp_path: Path) -
 
 async def test_dicomd_echo_over_tls_to_dcmtk_storescp(pki: dict[str, Path], tmp_path: Path) -> None:
     """`dicomd echo --tls` against DCMTK's TLS listener, which requires a client certificate."""
-    from tests.interop.test_echo_interop import background
-
     storescp = require_tool("storescp")
     port = free_port()
     echo = [sys.executable, "-m", "dicomd.cli", "echo", "--aec", "TLSSCP", "--timeout", "5"]

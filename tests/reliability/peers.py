@@ -78,7 +78,8 @@ async def assert_intact(index: Index, files: FileStore, acknowledged: dict[str, 
 
 
 def spools(root: Path) -> list[Path]:
-    """Spool files in tmp/ (the empty `*.spare` files kept ready beside them hold no data)."""
+    """Spool files in tmp/: a dataset being received, or one half-written and left behind. (The
+    empty spares kept ready beside them, `*.spare`, hold nothing a peer sent.)"""
     tmp = root / "tmp"
     return list(tmp.glob("*.part")) if tmp.exists() else []
 

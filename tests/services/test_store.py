@@ -27,6 +27,7 @@ from dicomd.ul.items import PresentationContextRQ
 from dicomd.ul.pdu import PDV, Abort, AssociateAC, PDataTF
 from tests.conftest import make_config, run_runtime
 from tests.net.rawpeer import IMPLICIT, RawPeer, associate_rq, store_pdus
+from tests.reliability.peers import spools
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -80,12 +81,6 @@ async def send_store(peer: RawPeer, sop_instance: str, data: bytes, **kw: Any) -
 
 def stored_files(root: Path) -> list[Path]:
     return sorted((root / "objects").rglob("*.dcm"))
-
-
-def spools(root: Path) -> list[Path]:
-    """Spool files in tmp/: a dataset being received, or one half-written and left behind. (The
-    empty spares kept ready beside them, `*.spare`, hold nothing a peer sent.)"""
-    return list((root / "tmp").glob("*.part"))
 
 
 async def test_store_writes_part10_file_and_commits_index_before_success() -> None:
