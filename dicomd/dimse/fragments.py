@@ -132,9 +132,18 @@ def encoded_fragments(
         return pieces
     view = memoryview(data).cast("B")
     kind = _COMMAND_BIT if is_command else 0
-    for start, end, header in _cuts(len(view), kind, chunk, last):
-        pieces.append(p_data_head(context_id, header, end - start))
-        pieces.append(view[start:end])
+    total = len(view)
+    # Every PDU but the last carries `chunk` bytes without the last-fragment bit: they all have
+    # the same header, packed once (a 512 KB slice is 32 PDUs under DCMTK's 16 KB default).
+    full = total - 1 - (total - 1) % chunk if total else 0
+    if full:
+        head = _DATA_PDU_HEAD.pack(_P_DATA_TF, chunk + _PDV_OVERHEAD, chunk + 2, context_id, kind)
+        for start in range(0, full, chunk):
+            pieces.append(head)
+            pieces.append(view[start : start + chunk])
+    # The last PDU: the rest (1..chunk bytes, or none of an empty message).
+    pieces.append(p_data_head(context_id, kind | (_LAST_BIT if last else 0), total - full))
+    pieces.append(view[full:])
     return pieces
 
 

@@ -7,7 +7,7 @@ from array import array
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dicomd.dimse.fragments import (
@@ -144,6 +144,13 @@ def test_fragment_checks_arguments_at_the_call(
     st.booleans(),
     st.integers(1, 255),
 )
+# Whole multiples of the PDV data size (94 under 100) and one byte either side.
+@example(100, 93, False, True, 1)
+@example(100, 94, False, True, 1)
+@example(100, 95, False, False, 1)
+@example(100, 188, True, True, 7)
+@example(100, 188, False, False, 7)
+@example(100, 0, False, True, 1)
 def test_encoded_fragments_are_the_bytes_of_fragment(
     max_pdu_length: int, size: int, is_command: bool, last: bool, context_id: int
 ) -> None:
