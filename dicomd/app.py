@@ -142,6 +142,7 @@ async def open_runtime(config: Config) -> Runtime:
         ae_title=config.server.ae_title,
         remote_ae={r.ae_title: r for r in config.remote},
         open_outbound=partial(open_outbound, config),
+        pending_interval=config.retrieve.pending_interval,
     )
     state = build_state(config, store, find, retrieve)
     return Runtime(config, files, index, store, state, retrieve)

@@ -163,3 +163,17 @@ def test_query_section() -> None:
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             from_mapping(data)
+
+
+def test_retrieve_section() -> None:
+    assert Config().retrieve.pending_interval == 0.25
+    assert from_mapping({"retrieve": {"pending_interval": 0}}).retrieve.pending_interval == 0.0
+    env = {"DICOMD_RETRIEVE__PENDING_INTERVAL": "1.5"}
+    assert config.load(None, env=env).retrieve.pending_interval == 1.5
+    for data, message in (
+        ({"retrieve": {"pending_interval": -0.1}}, "retrieve.pending_interval: must not be"),
+        ({"retrieve": {"pending_interval": "1"}}, "retrieve.pending_interval: expected a number"),
+        ({"retrieve": {"interval": 1}}, "unknown key retrieve.interval"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            from_mapping(data)

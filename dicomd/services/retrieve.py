@@ -143,8 +143,10 @@ class RetrieveService:
         ae_title: str,
         remote_ae: Mapping[str, RemoteAE] | None,
         open_outbound: OpenOutbound | None,
+        pending_interval: float,
     ) -> None:
         self._files = files
+        self._pending_interval = pending_interval
         self._index = index
         self._ae_title = ae_title
         self._remote_ae = dict(remote_ae or {})
@@ -267,6 +269,8 @@ class RetrieveService:
         # sub-operations are one at a time (PS3.7 asynchronous operations are not negotiated), so
         # the read would otherwise add a thread trip and the file's read to each one's latency.
         ahead: asyncio.Task[_Loaded | None] | None = None
+        clock = asyncio.get_running_loop().time
+        last_response = clock()
         try:
             for i, target in enumerate(targets):
                 if responder.cancel_requested:
@@ -281,8 +285,10 @@ class RetrieveService:
                 if loaded is not None:
                     outcome = await self._sub_operation(target, sender, originator, *loaded)
                 counts.add(outcome, target.sop_instance_uid)
-                if counts.remaining:
+                if counts.remaining and clock() - last_response >= self._pending_interval:
                     # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
+                    # They are optional; sent at most every pending_interval seconds.
+                    last_response = clock()
                     await responder.respond(
                         pending(
                             command,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomd.config import Config, RemoteAE
+from dicomd.config import Config, RemoteAE, RetrieveConfig
 from dicomd.dimse import status
 from dicomd.net import channel
 from dicomd.services import retrieve
@@ -62,6 +63,11 @@ def make_study(
     return files
 
 
+def pending_every(seconds: float, config: Config | None = None) -> Config:
+    """`config` (by default make_config()'s) with Pending responses at most every `seconds`."""
+    return replace(config or make_config(), retrieve=RetrieveConfig(pending_interval=seconds))
+
+
 def uids(path: Path) -> Dataset:
     return pydicom.dcmread(path, stop_before_pixels=True)
 
@@ -79,15 +85,22 @@ def _identifier(level: str, **keys: str) -> Dataset:
 
 
 def _pynetdicom_get(
-    port: int, model: str, identifier: Dataset, *, cancel_after: int | None = None
+    port: int,
+    model: str,
+    identifier: Dataset,
+    *,
+    cancel_after: int | None = None,
+    store_delay: float = 0.0,
 ) -> tuple[list[int], dict[str, bytes], Dataset | None]:
-    """C-GET with pynetdicom; returns (statuses, received dataset bytes by UID, last identifier)."""
+    """C-GET with pynetdicom; returns (statuses, received dataset bytes by UID, last identifier).
+    Each sub-operation's C-STORE is answered after `store_delay` seconds."""
     from pynetdicom import AE, build_role, evt
 
     received: dict[str, bytes] = {}
     state: dict[str, Any] = {}
 
     def on_store(event: Any) -> int:
+        time.sleep(store_delay)
         raw = event.request.DataSet.getvalue()
         received[str(event.request.AffectedSOPInstanceUID)] = raw
         if cancel_after is not None and len(received) == cancel_after:
@@ -149,7 +162,7 @@ async def test_pynetdicom_c_get_levels_byte_identical(
         wanted = [str(uids(p).SOPInstanceUID) for p in files[:2]]
         keys["SOPInstanceUID"] = "\\".join(wanted)
         expected = {u: expected[u] for u in wanted}
-    async with run_runtime() as (server, _runtime):
+    async with run_runtime(pending_every(0)) as (server, _runtime):
         assert await asyncio.to_thread(_pynetdicom_store, server.port, files) == [0] * len(files)
         statuses, received, final = await asyncio.to_thread(
             _pynetdicom_get, server.port, model, _identifier(level, **keys)
@@ -158,6 +171,29 @@ async def test_pynetdicom_c_get_levels_byte_identical(
     assert statuses[:-1] == [status.PENDING] * (len(expected) - 1)
     assert received == expected  # byte for byte, the datasets as they were sent
     assert final is not None and final.NumberOfCompletedSuboperations == len(expected)
+
+
+@pytest.mark.parametrize(("interval", "pendings"), [(0.1, 5), (3600.0, 0)])
+async def test_pending_responses_at_most_every_pending_interval(
+    tmp_path: Path, interval: float, pendings: int
+) -> None:
+    """Sub-operations of 0.2 s each: with an interval of 0.1 s every one but the last is followed
+    by a Pending response; with an hour, the retrieve gets its final response only."""
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    study = str(uids(files[0]).StudyInstanceUID)
+    async with run_runtime(pending_every(interval)) as (server, _runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        statuses, received, final = await asyncio.to_thread(
+            _pynetdicom_get,
+            server.port,
+            STUDY_ROOT_GET,
+            _identifier("STUDY", StudyInstanceUID=study),
+            store_delay=0.2,
+        )
+    assert len(files) == 6
+    assert statuses == [status.PENDING] * pendings + [status.SUCCESS]
+    assert received == by_uid(files)
+    assert final is not None and final.NumberOfCompletedSuboperations == len(files)
 
 
 async def test_files_read_in_many_chunks_arrive_byte_identical(
@@ -402,7 +438,7 @@ async def test_pynetdicom_move_two_at_once_with_originator(tmp_path: Path) -> No
     study_b = await asyncio.to_thread(make_study, tmp_path / "b", seed=2)
     dest = await asyncio.to_thread(_Destination)
     try:
-        config = _with_remote(make_config(), "PYDEST", dest.port)
+        config = _with_remote(pending_every(0), "PYDEST", dest.port)
         async with run_runtime(config) as (server, _runtime):
             await asyncio.to_thread(_pynetdicom_store, server.port, study_a + study_b)
             results = await asyncio.gather(
