@@ -316,10 +316,10 @@ class RetrieveService:
         path = self._files.path(target.relpath)
         try:
             if dataset is None:
-                source: DatasetSource = await asyncio.to_thread(_file_slice, path)
+                source: DatasetSource = await asyncio.to_thread(_file_slice, path, target.size)
             else:
                 source = await asyncio.to_thread(
-                    _convert, path, target.transfer_syntax_uid, context.transfer_syntax
+                    _convert, path, target.size, target.transfer_syntax_uid, context.transfer_syntax
                 )
         except (OSError, ValueError, NotImplementedError, RuntimeError) as e:
             log.warning(
@@ -565,15 +565,18 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()  # retrieved: a read ahead that is not used is not an error
 
 
-def _file_slice(path: Path) -> FileSlice:
+def _file_slice(path: Path, indexed_size: int) -> FileSlice:
     """The dataset part of a stored Part 10 file (after the File Meta group, PS3.10 7.1); read
     at once when the file is at most PRELOAD bytes (most instances), else left to be streamed.
+    A file whose size is not the index's (truncated on disk) raises OSError before anything of
+    it is sent: its sub-operation fails, and the association carries on with the next one.
 
     Plain os calls, not open(): a buffered file object adds an ioctl, lseeks and a second fstat,
     and each system call lets go of the GIL and must win it back from the event loop."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
+        _check_size(path, size, indexed_size)
         if size <= PRELOAD:
             whole = os.read(fd, size + 1)  # one byte more: a file that grew is caught below
             if len(whole) != size:
@@ -587,11 +590,17 @@ def _file_slice(path: Path) -> FileSlice:
     return FileSlice(path, offset, size - offset)
 
 
-def _convert(path: Path, source_ts: str, target_ts: str) -> bytes:
+def _check_size(path: Path, size: int, indexed_size: int) -> None:
+    if size != indexed_size:
+        raise OSError(f"{path.name} is {size} bytes, the index says {indexed_size}")
+
+
+def _convert(path: Path, indexed_size: int, source_ts: str, target_ts: str) -> bytes:
     """The stored dataset re-encoded in `target_ts` (worker thread; whole dataset in memory).
 
     Between the uncompressed syntaxes and Deflated only, or from a compressed one when pydicom has a
     decoder for it installed; anything else raises and the sub-operation counts as failed."""
+    _check_size(path, path.stat().st_size, indexed_size)
     ds = pydicom.dcmread(path)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress()  # raises when no codec is installed for this syntax

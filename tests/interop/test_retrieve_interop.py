@@ -14,6 +14,8 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomd.config import Config, RemoteAE, RetrieveConfig
@@ -259,9 +261,11 @@ async def test_c_get_without_a_storage_role_fails_every_sub_operation(tmp_path: 
     assert sorted(ident.FailedSOPInstanceUIDList) == sorted(by_uid(files))
 
 
-async def test_an_unreadable_file_fails_its_sub_operation_only(tmp_path: Path) -> None:
-    """Instances are read one ahead of the one being sent: a file gone from the store still fails
-    just its own sub-operation (B000, one failed) and every other instance arrives intact."""
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+async def test_an_unreadable_file_fails_its_sub_operation_only(tmp_path: Path, damage: str) -> None:
+    """Instances are read one ahead of the one being sent: a file gone from the store, or shorter
+    than its index entry says, still fails just its own sub-operation (B000, one failed; nothing
+    of it is sent) and every other instance arrives intact."""
     files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=2, per_series=3)
     expected = by_uid(files)
     lost = sorted(expected)[2]
@@ -269,7 +273,11 @@ async def test_an_unreadable_file_fails_its_sub_operation_only(tmp_path: Path) -
         await asyncio.to_thread(_pynetdicom_store, server.port, files)
         stored = await runtime.index.get(lost)
         assert stored is not None
-        runtime.files.path(stored.relpath).unlink()
+        path = runtime.files.path(stored.relpath)
+        if damage == "deleted":
+            path.unlink()
+        else:
+            os.truncate(path, stored.size - 100)
         identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
         statuses, received, final = await asyncio.to_thread(
             _pynetdicom_get, server.port, STUDY_ROOT_GET, identifier
@@ -280,6 +288,16 @@ async def test_an_unreadable_file_fails_its_sub_operation_only(tmp_path: Path) -
     assert final.NumberOfCompletedSuboperations == len(files) - 1
     del expected[lost]
     assert received == expected
+
+
+def test_a_file_to_convert_is_checked_against_its_indexed_size(tmp_path: Path) -> None:
+    (path,) = make_study(tmp_path, n_series=1, per_series=1)  # Implicit VR Little Endian
+    size = path.stat().st_size
+    converted = retrieve._convert(path, size, ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+    back = read_dataset(DicomBytesIO(converted), is_implicit_VR=False, is_little_endian=True)
+    assert back == pydicom.dcmread(path)
+    with pytest.raises(OSError, match="the index says"):
+        retrieve._convert(path, size + 2, ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 
 
 async def test_dcmtk_getscu(tmp_path: Path) -> None:
