@@ -100,15 +100,18 @@ def _fragments(
         yield PDataTF((PDV(context_id, header, bytes(view[start:end])),))
 
 
+def _last_start(total: int, chunk: int) -> int:
+    """Where the last PDV of `total` bytes begins: every one before it carries `chunk` bytes, the
+    last one the rest (1..chunk bytes, or none of an empty message)."""
+    return total - 1 - (total - 1) % chunk if total else 0
+
+
 def _cuts(total: int, kind: int, chunk: int, last: bool) -> Iterator[tuple[int, int, int]]:
     """(start, end, message control header) of each PDV of `total` bytes; at least one."""
-    offset = 0
-    while True:
-        end = min(offset + chunk, total)
-        yield offset, end, kind | (_LAST_BIT if end == total and last else 0)
-        if end == total:
-            return
-        offset = end
+    last_start = _last_start(total, chunk)
+    for start in range(0, last_start, chunk):
+        yield start, start + chunk, kind
+    yield last_start, total, kind | (_LAST_BIT if last else 0)
 
 
 def encoded_fragments(
@@ -133,17 +136,16 @@ def encoded_fragments(
     view = memoryview(data).cast("B")
     kind = _COMMAND_BIT if is_command else 0
     total = len(view)
-    # Every PDU but the last carries `chunk` bytes without the last-fragment bit: they all have
-    # the same header, packed once (a 512 KB slice is 32 PDUs under DCMTK's 16 KB default).
-    full = total - 1 - (total - 1) % chunk if total else 0
-    if full:
-        head = _DATA_PDU_HEAD.pack(_P_DATA_TF, chunk + _PDV_OVERHEAD, chunk + 2, context_id, kind)
-        for start in range(0, full, chunk):
+    last_start = _last_start(total, chunk)
+    if last_start:
+        # The PDUs before the last all carry `chunk` bytes without the last-fragment bit: one
+        # header, packed once (a 512 KB slice is 32 PDUs under DCMTK's 16 KB default).
+        head = p_data_head(context_id, kind, chunk)
+        for start in range(0, last_start, chunk):
             pieces.append(head)
             pieces.append(view[start : start + chunk])
-    # The last PDU: the rest (1..chunk bytes, or none of an empty message).
-    pieces.append(p_data_head(context_id, kind | (_LAST_BIT if last else 0), total - full))
-    pieces.append(view[full:])
+    pieces.append(p_data_head(context_id, kind | (_LAST_BIT if last else 0), total - last_start))
+    pieces.append(view[last_start:])
     return pieces
 
 
