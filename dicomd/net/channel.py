@@ -15,7 +15,8 @@ from typing import BinaryIO
 
 from dicomd.dimse.fragments import data_set_framer, encoded_fragments, encoded_message
 from dicomd.dimse.messages import Message, encode_command
-from dicomd.services.base import FileSlice
+from dicomd.services.base import FileSlice, IncompleteMessage
+from dicomd.ul.codes import LocalProtocolError
 from dicomd.ul.connection import Connection, ConnectionEvent, NeedData
 
 READ_CHUNK = 256 * 1024
@@ -40,6 +41,16 @@ def _open_and_read(source: FileSlice, size: int) -> tuple[BinaryIO | None, bytes
         f.close()
         return None, chunk
     return f, chunk
+
+
+def _check_chunk(source: FileSlice, chunk: bytes | memoryview, remaining: int) -> None:
+    if len(chunk) < min(FILE_CHUNK, remaining):
+        raise OSError(f"{source.path.name} is shorter than its index entry")
+
+
+class _ReadFailed(Exception):
+    """(inside send_message) the stored file failed after part of its message was queued; the
+    read's OSError is the cause."""
 
 
 class IdleTimeout(Exception):
@@ -78,6 +89,7 @@ class Channel:
         self._unflushed = 0
         self._flush_scheduled = False
         self._last_command: tuple[Message, int, int, list[bytes | memoryview]] | None = None
+        self.torn = False  # a message was left part-sent: the association can only be aborted
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
 
@@ -147,9 +159,29 @@ class Channel:
             )
             return
         async with self._send_lock:
-            self.connection.send_encoded_data(command)
-            await self.flush()
-            await self._send_file(context_id, dataset, max_pdu)
+            # The file is opened and its first chunk read before anything of the message is
+            # queued: a file that is gone (or short) fails this message alone, with nothing sent.
+            if dataset.data is not None:
+                f, chunk = None, dataset.data  # read whole already, by whoever made the slice
+            else:
+                f, chunk = await asyncio.to_thread(_open_and_read, dataset, FILE_CHUNK)
+            queued = False
+            try:
+                _check_chunk(dataset, chunk, dataset.length)
+                self.connection.send_encoded_data(command)
+                queued = True
+                await self._send_file(context_id, dataset, max_pdu, f, chunk)
+            except _ReadFailed as e:
+                await self.abort()
+                raise IncompleteMessage(str(e.__cause__)) from e.__cause__
+            except BaseException:
+                # Cancelled (or the transport failed) part-way: whoever ends this association
+                # must abort it, not release it after half a message.
+                self.torn = queued
+                raise
+            finally:
+                if f is not None:
+                    await asyncio.to_thread(f.close)
 
     def framer(self, context_id: int) -> Callable[[bytes], bytes]:
         """fragments.data_set_framer for this association's peer: a data set in memory -> the wire
@@ -216,44 +248,48 @@ class Channel:
         if chunks and not self._writer.is_closing():
             self._writer.writelines(chunks)
 
-    async def _send_file(self, context_id: int, source: FileSlice, max_pdu: int) -> None:
-        """Stream a stored file's dataset: the next chunk is read (in a thread) while this one is
-        sent, so memory holds two chunks whatever the file's size, and the bytes go out as stored.
-        A file of one chunk (most instances) costs one trip to a thread: open, read and close."""
-        f: BinaryIO | None
-        if source.data is not None:
-            f, chunk = None, source.data  # read whole already, by whoever made the slice
-        else:
-            f, chunk = await asyncio.to_thread(_open_and_read, source, FILE_CHUNK)
-        try:
-            remaining = source.length
-            while True:
-                if len(chunk) < min(FILE_CHUNK, remaining):
-                    raise OSError(f"{source.path} is shorter than its index entry")
-                remaining -= len(chunk)
-                pending = None
-                if remaining:
-                    assert f is not None
-                    pending = asyncio.ensure_future(
-                        asyncio.to_thread(f.read, min(FILE_CHUNK, remaining))
-                    )
-                # Up to FILE_CHUNK (= FLUSH_EVERY) bytes queued, then written and drained.
-                self.connection.send_encoded_data(
-                    encoded_fragments(
-                        context_id,
-                        chunk,
-                        is_command=False,
-                        max_pdu_length=max_pdu,
-                        last=not remaining,
-                    )
+    async def _send_file(
+        self,
+        context_id: int,
+        source: FileSlice,
+        max_pdu: int,
+        f: BinaryIO | None,
+        chunk: bytes | memoryview,
+    ) -> None:
+        """Stream a stored file's dataset from its first chunk, read, and the file left open for
+        the rest: the next chunk is read (in a thread) while this one is sent, so memory holds two
+        chunks whatever the file's size, and the bytes go out as stored. A later read that fails
+        or comes short raises _ReadFailed: the message is part-sent."""
+        remaining = source.length
+        while True:
+            remaining -= len(chunk)
+            pending = None
+            if remaining:
+                assert f is not None
+                pending = asyncio.ensure_future(
+                    asyncio.to_thread(f.read, min(FILE_CHUNK, remaining))
                 )
-                await self.flush()
-                if pending is None:
-                    return
+            # Up to FILE_CHUNK (= FLUSH_EVERY) bytes queued, then written and drained.
+            self.connection.send_encoded_data(
+                encoded_fragments(
+                    context_id, chunk, is_command=False, max_pdu_length=max_pdu, last=not remaining
+                )
+            )
+            await self.flush()
+            if pending is None:
+                return
+            try:
                 chunk = await pending
-        finally:
-            if f is not None:
-                await asyncio.to_thread(f.close)
+                _check_chunk(source, chunk, remaining)
+            except OSError as e:
+                raise _ReadFailed from e
+
+    async def abort(self) -> None:
+        """A-ABORT (PS3.8 7.3.1, service-user source) written out, then the transport closed."""
+        with contextlib.suppress(LocalProtocolError):  # aborted or closed already: nothing to say
+            self.connection.abort()
+            await self.flush_quietly()
+        self.abort_transport()
 
     async def close(self) -> None:
         await self.flush_quietly()

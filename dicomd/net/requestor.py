@@ -16,7 +16,7 @@ from dicomd.dimse.fragments import CommandReceived, MessageAssembler
 from dicomd.dimse.messages import CEchoRQ, CEchoRSP, Message, has_dataset
 from dicomd.net.channel import Channel, set_nodelay
 from dicomd.services.base import DatasetSource
-from dicomd.ul.codes import AbortReason, ContextResult
+from dicomd.ul.codes import ContextResult
 from dicomd.ul.connection import (
     Aborted,
     AssociationAccepted,
@@ -197,6 +197,9 @@ class RequestorAssociation:
     # -- ending ----------------------------------------------------------------------------------
 
     async def release(self) -> None:
+        if self._channel.torn:
+            await self.abort()  # no A-RELEASE-RQ may follow half a message
+            return
         conn = self._channel.connection
         try:
             if not conn.closed:
@@ -215,11 +218,7 @@ class RequestorAssociation:
             await self._channel.close()
 
     async def abort(self) -> None:
-        conn = self._channel.connection
-        if not conn.closed:
-            conn.abort(AbortReason.NOT_SPECIFIED)
-        await self._channel.flush_quietly()
-        self._channel.abort_transport()
+        await self._channel.abort()
 
     async def __aenter__(self) -> RequestorAssociation:
         return self

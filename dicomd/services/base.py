@@ -30,6 +30,13 @@ class FileSlice:
     data: bytes | memoryview | None = None
 
 
+class IncompleteMessage(ConnectionError):
+    """A message could not be sent whole: its stored file failed to read after part of it was on
+    the wire. PDUs already sent cannot be taken back, and the peer's reassembly (PS3.8 Annex E.2:
+    fragments up to the one marked last) would take whatever came next as the rest of this data
+    set, so the runner has aborted the association (A-ABORT) before raising this."""
+
+
 # What a DIMSE message carries as its dataset: nothing, bytes in memory, or a stored file's tail.
 DatasetSource = bytes | FileSlice | None
 

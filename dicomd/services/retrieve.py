@@ -35,6 +35,7 @@ from dicomd.query.identifier import QueryError, read_identifier
 from dicomd.services.base import (
     DatasetSource,
     FileSlice,
+    IncompleteMessage,
     OpenOutbound,
     Outbound,
     Request,
@@ -283,7 +284,24 @@ class RetrieveService:
                 loaded = await loading
                 outcome = "failed"
                 if loaded is not None:
-                    outcome = await self._sub_operation(target, sender, originator, *loaded)
+                    try:
+                        outcome = await self._sub_operation(target, sender, originator, *loaded)
+                    except IncompleteMessage as e:
+                        # The association that carries the sub-operations was aborted half-way
+                        # through this one's data set: it and the rest fail.
+                        for rest in targets[i:]:
+                            counts.add("failed", rest.sop_instance_uid)
+                        counts.remaining = 0
+                        log.warning(
+                            "sub_operations_abandoned",
+                            sop_instance_uid=target.sop_instance_uid,
+                            error=str(e),
+                            failed=len(targets) - i,
+                        )
+                        if originator is None:
+                            # C-GET: that association is the SCU's own; no response can follow.
+                            raise
+                        break
                 counts.add(outcome, target.sop_instance_uid)
                 if counts.remaining and clock() - last_response >= self._pending_interval:
                     # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
@@ -345,6 +363,8 @@ class RetrieveService:
         )
         try:
             rsp = await sender.request(context.context_id, rq, source)
+        except IncompleteMessage:
+            raise  # see _run
         except Exception as e:  # the destination went away, timed out, or broke the protocol
             log.warning(
                 "sub_operation_failed", sop_instance_uid=target.sop_instance_uid, error=str(e)

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from dicomd.config import Config, RemoteAE, RetrieveConfig
 from dicomd.dimse import status
 from dicomd.net import channel
 from dicomd.services import retrieve
+from dicomd.services.base import FileSlice
 from tests import dicomgen
 from tests.conftest import free_port, make_config, require_tool, run_runtime
 from tests.interop.test_echo_interop import background, run_tool
@@ -429,14 +431,23 @@ class _Destination:
 
         self.received: dict[str, bytes] = {}
         self.originators: set[tuple[str, int]] = set()
+        self.aborts = 0  # A-ABORTs received
+        self.aborted = threading.Event()
         self.lock = threading.Lock()
         ae = AE(ae_title="PYDEST")
         for sop in (CTImageStorage, MRImageStorage):
             ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.port = free_port()
         self.server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_ABORTED, self._on_abort)],
         )
+
+    def _on_abort(self, _event: Any) -> None:
+        with self.lock:
+            self.aborts += 1
+        self.aborted.set()
 
     def _on_store(self, event: Any) -> int:
         rq = event.request
@@ -478,6 +489,181 @@ async def test_pynetdicom_move_two_at_once_with_originator(tmp_path: Path) -> No
         assert {ae for ae, _mid in dest.originators} == {"PYMOVE"}
     finally:
         await asyncio.to_thread(dest.close)
+
+
+def _fail_mid_stream(monkeypatch: pytest.MonkeyPatch, victim: Path, *, gone: bool = False) -> None:
+    """Every stored file is streamed 1000 bytes at a time, and `victim`'s file loses its tail
+    just after it was found whole: its first chunk reads, a later one comes short, once the
+    C-STORE-RQ and part of the data set are on the wire. With `gone`, the file is removed
+    instead, so that its first read fails."""
+    monkeypatch.setattr(retrieve, "PRELOAD", 0)
+    monkeypatch.setattr(channel, "FILE_CHUNK", 1000)
+    real = retrieve._file_slice
+
+    def damaged(path: Path, indexed_size: int) -> FileSlice:
+        source = real(path, indexed_size)
+        if path == victim and gone:
+            path.unlink()
+        elif path == victim:
+            os.truncate(path, source.offset + 2500)
+        return source
+
+    monkeypatch.setattr(retrieve, "_file_slice", damaged)
+
+
+@pytest.mark.parametrize("damage", ["short", "gone"])
+async def test_a_streamed_file_that_fails_to_read_during_a_move(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """The third of six files fails while the move streams it. short: a later chunk comes short,
+    with part of the data set sent, which cannot be taken back; the sub-association is aborted
+    (the destination stores nothing of it), and that instance and the ones not yet sent fail.
+    gone: its first read fails before its C-STORE-RQ is queued; it fails alone, nothing sent,
+    and the others go on the same association. Either way, the next move of the study works,
+    the damaged file failing alone."""
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    # The sub-operations go in series and instance number order.
+    lost = str(uids(files[2]).SOPInstanceUID)
+    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    dest = await asyncio.to_thread(_Destination)
+    try:
+        config = _with_remote(make_config(), "PYDEST", dest.port)
+        async with run_runtime(config) as (server, runtime):
+            await asyncio.to_thread(_pynetdicom_store, server.port, files)
+            stored = await runtime.index.get(lost)
+            assert stored is not None
+            path = runtime.files.path(stored.relpath)
+            _fail_mid_stream(monkeypatch, path, gone=damage == "gone")
+            move = partial(_pynetdicom_move, server.port, "PYDEST", identifier)
+            code, final = (await asyncio.to_thread(move))[-1]
+            first = dict(dest.received)
+            dest.received.clear()
+            again_code, again = (await asyncio.to_thread(move))[-1]
+        others = by_uid(files[:2] + files[3:])
+        assert code == again_code == status.SUBOPS_WARNING
+        assert again.NumberOfFailedSuboperations == 1
+        assert dest.received == others
+        if damage == "gone":
+            assert dest.aborts == 0
+            assert final.NumberOfFailedSuboperations == 1
+            assert first == others
+        else:
+            assert dest.aborts == 1
+            assert final.NumberOfCompletedSuboperations == 2
+            assert final.NumberOfFailedSuboperations == 4
+            assert first == by_uid(files[:2])
+    finally:
+        await asyncio.to_thread(dest.close)
+
+
+async def test_a_move_cancelled_mid_file_aborts_its_sub_association(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The originator aborts its C-MOVE while a file is half-way to the destination: the
+    sub-association ends in an A-ABORT, not an A-RELEASE-RQ after half a message."""
+    from pynetdicom import AE
+
+    monkeypatch.setattr(retrieve, "PRELOAD", 0)
+    monkeypatch.setattr(channel, "FILE_CHUNK", 1000)
+    reading, resume = threading.Event(), threading.Event()
+    real = channel._open_and_read
+
+    class Stalled:  # the file's second chunk is read once the originator has gone
+        def __init__(self, f: Any) -> None:
+            self._f = f
+
+        def read(self, n: int) -> bytes:
+            reading.set()
+            resume.wait(10)
+            return bytes(self._f.read(n))
+
+        def close(self) -> None:
+            self._f.close()
+
+    def stalling(source: FileSlice, size: int) -> tuple[Any, bytes]:
+        f, chunk = real(source, size)
+        return Stalled(f), chunk
+
+    monkeypatch.setattr(channel, "_open_and_read", stalling)
+    files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=1, per_series=2)
+    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+
+    def move_and_abort(port: int) -> None:
+        ae = AE(ae_title="PYMOVE")
+        ae.acse_timeout = ae.network_timeout = 30
+        ae.dimse_timeout = 2  # how long its C-MOVE waits on, once aborted
+        ae.add_requested_context(STUDY_ROOT_MOVE)
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMD")
+        assert assoc.is_established
+        moving = threading.Thread(
+            daemon=True,
+            target=lambda: list(assoc.send_c_move(identifier, "PYDEST", STUDY_ROOT_MOVE)),
+        )
+        moving.start()
+        assert reading.wait(10)
+        assoc.abort()
+        moving.join(10)
+
+    dest = await asyncio.to_thread(_Destination)
+    try:
+        config = _with_remote(make_config(), "PYDEST", dest.port)
+        async with run_runtime(config) as (server, _runtime):
+            await asyncio.to_thread(_pynetdicom_store, server.port, files)
+            await asyncio.to_thread(move_and_abort, server.port)
+            resume.set()
+            assert await asyncio.to_thread(dest.aborted.wait, 10)
+        assert dest.received == {}
+    finally:
+        resume.set()
+        await asyncio.to_thread(dest.close)
+
+
+async def test_a_file_failing_mid_stream_aborts_the_c_get_association(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C-GET's sub-operations travel on the SCU's association: dicomd aborts it (nothing can follow
+    a part-sent data set), what came before is intact, and the server serves the next client."""
+    from pynetdicom import AE, build_role, evt
+
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    lost = str(uids(files[2]).SOPInstanceUID)
+    received: dict[str, bytes] = {}
+
+    def on_store(event: Any) -> int:
+        received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    def get(port: int) -> tuple[bool, list[Dataset]]:
+        ae = AE(ae_title="PYGET")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(STUDY_ROOT_GET)
+        for sop in (CT, MR):
+            ae.add_requested_context(sop, [ExplicitVRLittleEndian])
+            ae.add_requested_context(sop, [ImplicitVRLittleEndian])
+        assoc = ae.associate(
+            "127.0.0.1",
+            port,
+            ae_title="DICOMD",
+            ext_neg=[build_role(CT, scp_role=True), build_role(MR, scp_role=True)],
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        assert assoc.is_established
+        identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+        responses = [st for st, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET)]
+        if assoc.is_established:
+            assoc.release()
+        return assoc.is_aborted, responses
+
+    async with run_runtime() as (server, runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        stored = await runtime.index.get(lost)
+        assert stored is not None
+        _fail_mid_stream(monkeypatch, runtime.files.path(stored.relpath))
+        aborted, responses = await asyncio.to_thread(get, server.port)
+        assert await asyncio.to_thread(_pynetdicom_store, server.port, files[:1]) == [0]
+    assert aborted
+    assert all("Status" not in r or r.Status == status.PENDING for r in responses)
+    assert received == by_uid(files[:2])
 
 
 async def test_move_unknown_destination_and_destination_down(tmp_path: Path) -> None:
