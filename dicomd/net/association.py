@@ -37,7 +37,14 @@ from dicomd.dimse.messages import (
 )
 from dicomd.dimse.responses import failure_response
 from dicomd.net.channel import Channel, IdleTimeout, WriteTimeout, set_nodelay
-from dicomd.services.base import DatasetSink, DatasetSource, Handler, Request, SinkFactory
+from dicomd.services.base import (
+    DatasetSink,
+    DatasetSource,
+    Handler,
+    IncompleteMessage,
+    Request,
+    SinkFactory,
+)
 from dicomd.ul.codes import (
     AbortReason,
     LocalProtocolError,
@@ -435,6 +442,8 @@ class AcceptorAssociation:
                 log.warning("association_write_timeout", seconds=self._server.dimse_timeout)
                 channel.abort_transport()
                 return
+            except IncompleteMessage:
+                return  # a C-GET sub-operation's file failed part-sent: aborted, and logged
             except (ConnectionError, OSError) as e:
                 log.warning("association_write_failed", error=str(e))
                 channel.abort_transport()

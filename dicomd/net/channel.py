@@ -172,7 +172,10 @@ class Channel:
                 queued = True
                 await self._send_file(context_id, dataset, max_pdu, f, chunk)
             except _ReadFailed as e:
-                await self.abort()
+                self.torn = True
+                # Not awaited: the caller must learn of this (and log it) before the runner,
+                # seeing the transport close, can cancel it.
+                self._abort_now()
                 raise IncompleteMessage(str(e.__cause__)) from e.__cause__
             except BaseException:
                 # Cancelled (or the transport failed) part-way: whoever ends this association
@@ -180,7 +183,10 @@ class Channel:
                 self.torn = queued
                 raise
             finally:
-                if f is not None:
+                if f is not None and self.torn:
+                    # Not awaited: what is raised must reach the caller as it is (see above).
+                    self._loop.run_in_executor(None, f.close)
+                elif f is not None:
                     await asyncio.to_thread(f.close)
 
     def framer(self, context_id: int) -> Callable[[bytes], bytes]:
@@ -286,10 +292,23 @@ class Channel:
 
     async def abort(self) -> None:
         """A-ABORT (PS3.8 7.3.1, service-user source) written out, then the transport closed."""
-        with contextlib.suppress(LocalProtocolError):  # aborted or closed already: nothing to say
+        if self._writer.is_closing():
+            return  # closed, or aborted by _abort_now() and leaving
+        with contextlib.suppress(LocalProtocolError):  # aborted already: nothing more to say
             self.connection.abort()
             await self.flush_quietly()
         self.abort_transport()
+
+    def _abort_now(self) -> None:
+        """A-ABORT queued behind what is already buffered and the transport closed once that is
+        written, without waiting: cut off after the write timeout if the peer does not read."""
+        with contextlib.suppress(LocalProtocolError):
+            self.connection.abort()
+        chunks = self.connection.data_to_send()
+        if not self._writer.is_closing():
+            self._writer.writelines(chunks)
+            self._writer.close()
+            self._loop.call_later(self._write_timeout, self._transport.abort)
 
     async def close(self) -> None:
         await self.flush_quietly()

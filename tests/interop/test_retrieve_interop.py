@@ -14,6 +14,7 @@ from typing import Any
 
 import pydicom
 import pytest
+import structlog
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -659,11 +660,15 @@ async def test_a_file_failing_mid_stream_aborts_the_c_get_association(
         stored = await runtime.index.get(lost)
         assert stored is not None
         _fail_mid_stream(monkeypatch, runtime.files.path(stored.relpath))
-        aborted, responses = await asyncio.to_thread(get, server.port)
+        with structlog.testing.capture_logs() as logs:
+            aborted, responses = await asyncio.to_thread(get, server.port)
         assert await asyncio.to_thread(_pynetdicom_store, server.port, files[:1]) == [0]
     assert aborted
     assert all("Status" not in r or r.Status == status.PENDING for r in responses)
     assert received == by_uid(files[:2])
+    # Said before the association went: the instance, and how many of the C-GET were not sent.
+    (said,) = [e for e in logs if e["event"] == "sub_operations_abandoned"]
+    assert (said["sop_instance_uid"], said["failed"]) == (lost, 4)
 
 
 async def test_move_unknown_destination_and_destination_down(tmp_path: Path) -> None:
