@@ -217,7 +217,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
                 " is supported"
             )
         try:
-            value = tomllib.loads(f"v = {raw}")["v"]
+            value = _toml_value(raw)
         except tomllib.TOMLDecodeError:
             value = raw
         table = data.setdefault(section, {})
@@ -226,9 +226,14 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         table[key] = value
 
 
+def _toml_value(raw: str) -> Any:
+    """An environment variable's text read as a TOML value (raises TOMLDecodeError)."""
+    return tomllib.loads(f"v = {raw}")["v"]
+
+
 def _remote_list(name: str, raw: str) -> list[Any]:
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        value = _toml_value(raw)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{name}: not a TOML array of inline tables: {e}") from e
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):

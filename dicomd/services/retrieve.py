@@ -620,8 +620,9 @@ def _convert(path: Path, indexed_size: int, source_ts: str, target_ts: str) -> b
 
     Between the uncompressed syntaxes and Deflated only, or from a compressed one when pydicom has a
     decoder for it installed; anything else raises and the sub-operation counts as failed."""
-    _check_size(path, path.stat().st_size, indexed_size)
-    ds = pydicom.dcmread(path)
+    with open(path, "rb") as f:  # one open for the size check and the read
+        _check_size(path, os.fstat(f.fileno()).st_size, indexed_size)
+        ds = pydicom.dcmread(f)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress()  # raises when no codec is installed for this syntax
     return _encode(ds, target_ts)
