@@ -168,8 +168,15 @@ class RetrieveService:
         except QueryError as e:
             await responder.respond(_get_rsp(command, e.code, comment=e.comment))
             return
-        counts = await self._run(
-            targets, responder, _GetSender(responder), command, originator=None, pending=_get_rsp
+        counts = _Counts(remaining=len(targets))
+        await self._run(
+            targets,
+            counts,
+            responder,
+            _GetSender(responder),
+            command,
+            originator=None,
+            pending=_get_rsp,
         )
         await self._finish(
             command, counts, responder, _get_rsp, started, "c_get_done", request.context
@@ -198,41 +205,43 @@ class RetrieveService:
             await responder.respond(_move_rsp(command, e.code, comment=e.comment))
             return
         counts = _Counts(remaining=len(targets))
-        outbound: Outbound | None = None
-        if targets:
+        comment: str | None = None
+        unsent: Sequence[Target] = targets
+        while unsent and not responder.cancel_requested:
+            # A new association for what is left when the last one was aborted under a data set
+            # that failed half-sent (see _run): one damaged file does not fail the rest.
             try:
-                outbound = await self._open_outbound(destination, _proposals(targets))
+                outbound = await self._open_outbound(destination, _proposals(unsent))
             except Exception as e:
                 log.warning(
                     "c_move_destination_failed", destination=destination.ae_title, error=str(e)
                 )
-                counts = _Counts(0, 0, len(targets), 0, [t.sop_instance_uid for t in targets])
-                await self._finish(
-                    command,
+                for target in unsent:
+                    counts.add("failed", target.sop_instance_uid)
+                counts.remaining = 0
+                comment = str(e)[:64]
+                break
+            try:
+                unsent = await self._run(
+                    unsent,
                     counts,
-                    responder,
-                    _move_rsp,
-                    started,
-                    "c_move_done",
-                    request.context,
-                    comment=str(e)[:64],
-                )
-                return
-        try:
-            if outbound is not None:
-                counts = await self._run(
-                    targets,
                     responder,
                     outbound,
                     command,
                     originator=(request.calling_ae_title, command.message_id),
                     pending=_move_rsp,
                 )
-        finally:
-            if outbound is not None:
+            finally:
                 await _close(outbound)
         await self._finish(
-            command, counts, responder, _move_rsp, started, "c_move_done", request.context
+            command,
+            counts,
+            responder,
+            _move_rsp,
+            started,
+            "c_move_done",
+            request.context,
+            comment=comment,
         )
 
     # -- the shared loop -------------------------------------------------------------------------
@@ -258,14 +267,18 @@ class RetrieveService:
     async def _run(
         self,
         targets: Sequence[Target],
+        counts: _Counts,
         responder: Responder,
         sender: _Sender,
         command: CGetRQ | CMoveRQ,
         *,
         originator: tuple[str, int] | None,
         pending: _RspFactory,
-    ) -> _Counts:
-        counts = _Counts(remaining=len(targets))
+    ) -> Sequence[Target]:
+        """Send `targets` as sub-operations, adding their outcomes to `counts`. Returns the
+        targets not sent because a C-MOVE sub-association was aborted under a data set that
+        failed half-sent (the caller may send them on a new association); C-GET raises
+        IncompleteMessage instead, its association being the SCU's own."""
         # The next instance is read (in a thread) while this one is sent and acknowledged: the
         # sub-operations are one at a time (PS3.7 asynchronous operations are not negotiated), so
         # the read would otherwise add a thread trip and the file's read to each one's latency.
@@ -288,8 +301,18 @@ class RetrieveService:
                         outcome = await self._sub_operation(target, sender, originator, *loaded)
                     except IncompleteMessage as e:
                         # The association that carries the sub-operations was aborted half-way
-                        # through this one's data set: it and the rest fail.
-                        for rest in targets[i:]:
+                        # through this one's data set: it fails, and the rest cannot go there.
+                        counts.add("failed", target.sop_instance_uid)
+                        if originator is not None:
+                            log.warning(
+                                "sub_association_aborted",
+                                sop_instance_uid=target.sop_instance_uid,
+                                error=str(e),
+                                unsent=len(targets) - i - 1,
+                            )
+                            return targets[i + 1 :]
+                        # C-GET: that association is the SCU's own; no response can follow.
+                        for rest in targets[i + 1 :]:
                             counts.add("failed", rest.sop_instance_uid)
                         counts.remaining = 0
                         log.warning(
@@ -298,10 +321,7 @@ class RetrieveService:
                             error=str(e),
                             failed=len(targets) - i,
                         )
-                        if originator is None:
-                            # C-GET: that association is the SCU's own; no response can follow.
-                            raise
-                        break
+                        raise
                 counts.add(outcome, target.sop_instance_uid)
                 if counts.remaining and clock() - last_response >= self._pending_interval:
                     # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
@@ -321,7 +341,7 @@ class RetrieveService:
             if ahead is not None:
                 ahead.cancel()  # cancelled, or its result dropped: one instance's worth at most
                 ahead.add_done_callback(_consume)
-        return counts
+        return ()
 
     async def _load(self, target: Target, sender: _Sender) -> _Loaded | None:
         """The context to send `target` on and its data set, read (and converted) in a thread;

@@ -406,7 +406,10 @@ async def test_dicomd_serve_moves_to_a_destination_from_the_environment(tmp_path
     assert got == by_uid(files)
 
 
-def _pynetdicom_move(port: int, destination: str, identifier: Dataset) -> list[tuple[int, Any]]:
+def _pynetdicom_move(
+    port: int, destination: str, identifier: Dataset
+) -> list[tuple[int, Any, Dataset | None]]:
+    """Each response's status code, its status dataset and its identifier (if any)."""
     from pynetdicom import AE
 
     ae = AE(ae_title="PYMOVE")
@@ -416,8 +419,8 @@ def _pynetdicom_move(port: int, destination: str, identifier: Dataset) -> list[t
     assert assoc.is_established
     try:
         return [
-            (int(s.Status), s)
-            for s, _ in assoc.send_c_move(identifier, destination, STUDY_ROOT_MOVE)
+            (int(s.Status), s, ident)
+            for s, ident in assoc.send_c_move(identifier, destination, STUDY_ROOT_MOVE)
         ]
     finally:
         assoc.release()
@@ -484,7 +487,7 @@ async def test_pynetdicom_move_two_at_once_with_originator(tmp_path: Path) -> No
             )
         for result in results:
             assert result[-1][0] == status.SUCCESS
-            assert [code for code, _ in result[:-1]] == [status.PENDING] * (len(study_a) - 1)
+            assert [code for code, *_ in result[:-1]] == [status.PENDING] * (len(study_a) - 1)
             assert result[-1][1].NumberOfCompletedSuboperations == len(study_a)
         assert dest.received == by_uid(study_a + study_b)
         assert {ae for ae, _mid in dest.originators} == {"PYMOVE"}
@@ -518,10 +521,10 @@ async def test_a_streamed_file_that_fails_to_read_during_a_move(
 ) -> None:
     """The third of six files fails while the move streams it. short: a later chunk comes short,
     with part of the data set sent, which cannot be taken back; the sub-association is aborted
-    (the destination stores nothing of it), and that instance and the ones not yet sent fail.
+    (the destination stores nothing of it), and the three not yet sent go on a new association.
     gone: its first read fails before its C-STORE-RQ is queued; it fails alone, nothing sent,
-    and the others go on the same association. Either way, the next move of the study works,
-    the damaged file failing alone."""
+    and the others go on the same association. Either way, only the damaged file fails, and
+    the next move of the study works the same."""
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     # The sub-operations go in series and instance number order.
     lost = str(uids(files[2]).SOPInstanceUID)
@@ -536,23 +539,19 @@ async def test_a_streamed_file_that_fails_to_read_during_a_move(
             path = runtime.files.path(stored.relpath)
             _fail_mid_stream(monkeypatch, path, gone=damage == "gone")
             move = partial(_pynetdicom_move, server.port, "PYDEST", identifier)
-            code, final = (await asyncio.to_thread(move))[-1]
+            code, final, failed = (await asyncio.to_thread(move))[-1]
             first = dict(dest.received)
             dest.received.clear()
-            again_code, again = (await asyncio.to_thread(move))[-1]
+            again_code, again, failed_again = (await asyncio.to_thread(move))[-1]
         others = by_uid(files[:2] + files[3:])
         assert code == again_code == status.SUBOPS_WARNING
-        assert again.NumberOfFailedSuboperations == 1
-        assert dest.received == others
-        if damage == "gone":
-            assert dest.aborts == 0
-            assert final.NumberOfFailedSuboperations == 1
-            assert first == others
-        else:
-            assert dest.aborts == 1
-            assert final.NumberOfCompletedSuboperations == 2
-            assert final.NumberOfFailedSuboperations == 4
-            assert first == by_uid(files[:2])
+        for response, failed_list in ((final, failed), (again, failed_again)):
+            assert response.NumberOfCompletedSuboperations == 5
+            assert response.NumberOfFailedSuboperations == 1
+            assert failed_list is not None
+            assert failed_list.FailedSOPInstanceUIDList == lost
+        assert first == dest.received == others
+        assert dest.aborts == (0 if damage == "gone" else 1)
     finally:
         await asyncio.to_thread(dest.close)
 
@@ -678,9 +677,9 @@ async def test_move_unknown_destination_and_destination_down(tmp_path: Path) -> 
         await asyncio.to_thread(_pynetdicom_store, server.port, files)
         identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
         unknown = await asyncio.to_thread(_pynetdicom_move, server.port, "STRANGER", identifier)
-        assert [code for code, _ in unknown] == [status.MOVE_DESTINATION_UNKNOWN]
+        assert [code for code, *_ in unknown] == [status.MOVE_DESTINATION_UNKNOWN]
         down = await asyncio.to_thread(_pynetdicom_move, server.port, "NOBODY", identifier)
-    code, final = down[-1]
+    code, final, _ = down[-1]
     assert code == status.OUT_OF_RESOURCES_SUBOPS
     assert final.NumberOfFailedSuboperations == len(files)
     assert final.NumberOfCompletedSuboperations == 0
