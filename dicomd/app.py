@@ -69,8 +69,9 @@ class Runtime:
     retrieve: RetrieveService | None = None
 
     def reload(self, load: Callable[[], Config]) -> None:
-        """SIGHUP: apply the remote AE table and the access lists of a freshly read configuration,
-        without touching running associations. An invalid file keeps the old configuration."""
+        """SIGHUP: apply the remote AE table, the access lists and the retrieve settings of a
+        freshly read configuration, without touching running associations (a retrieve under way
+        keeps the pending interval it started with). An invalid file keeps the old configuration."""
         try:
             new = load()
         except ConfigError as e:
@@ -84,7 +85,8 @@ class Runtime:
         )
         if self.retrieve is not None:
             self.retrieve.set_remotes(self.state.remotes)
-        applied = replace(old, remote=new.remote, security=new.security)
+            self.retrieve.set_pending_interval(new.retrieve.pending_interval)
+        applied = replace(old, remote=new.remote, security=new.security, retrieve=new.retrieve)
         self.config = applied
         ignored = [f.name for f in fields(new) if getattr(new, f.name) != getattr(applied, f.name)]
         log.info(

@@ -157,6 +157,11 @@ class RetrieveService:
         """Replace the C-MOVE destination table (configuration reload)."""
         self._remote_ae = dict(remote_ae)
 
+    def set_pending_interval(self, seconds: float) -> None:
+        """Replace the interval between Pending responses (configuration reload); retrieves
+        already running keep theirs."""
+        self._pending_interval = seconds
+
     # -- C-GET -----------------------------------------------------------------------------------
 
     async def handle_get(self, request: Request, responder: Responder) -> None:
@@ -285,6 +290,7 @@ class RetrieveService:
         ahead: asyncio.Task[_Loaded | None] | None = None
         clock = asyncio.get_running_loop().time
         last_response = clock()
+        interval = self._pending_interval  # a reload does not change a retrieve under way
         try:
             for i, target in enumerate(targets):
                 if responder.cancel_requested:
@@ -323,7 +329,7 @@ class RetrieveService:
                         )
                         raise
                 counts.add(outcome, target.sop_instance_uid)
-                if counts.remaining and clock() - last_response >= self._pending_interval:
+                if counts.remaining and clock() - last_response >= interval:
                     # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
                     # They are optional; sent at most every pending_interval seconds.
                     last_response = clock()

@@ -201,6 +201,29 @@ async def test_pending_responses_at_most_every_pending_interval(
     assert final is not None and final.NumberOfCompletedSuboperations == len(files)
 
 
+async def test_a_reload_changes_the_pending_interval(tmp_path: Path) -> None:
+    """SIGHUP's reload applies [retrieve]: from an hour between Pending responses (the final
+    response only) to 0 (one after every sub-operation but the last), without a restart."""
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    get = partial(
+        _pynetdicom_get,
+        model=STUDY_ROOT_GET,
+        identifier=_identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID)),
+    )
+    async with run_runtime(pending_every(3600)) as (server, runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        before, _, _ = await asyncio.to_thread(get, server.port)
+        with structlog.testing.capture_logs() as logs:
+            runtime.reload(lambda: pending_every(0, runtime.config))
+        after, received, _ = await asyncio.to_thread(get, server.port)
+    assert before == [status.SUCCESS]
+    assert after == [status.PENDING] * (len(files) - 1) + [status.SUCCESS]
+    assert received == by_uid(files)
+    assert runtime.config.retrieve.pending_interval == 0
+    [reloaded] = [e for e in logs if e["event"] == "config_reloaded"]
+    assert reloaded["restart_needed_for"] is None
+
+
 async def test_files_read_in_many_chunks_arrive_byte_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
