@@ -134,6 +134,12 @@ class _Counts:
             self.failed += 1
             self.failed_uids.append(sop_instance_uid)
 
+    def fail_rest(self, targets: Sequence[Target]) -> None:
+        """Count the sub-operations that will not be attempted as failed; none remain."""
+        for target in targets:
+            self.add("failed", target.sop_instance_uid)
+        self.remaining = 0
+
 
 class RetrieveService:
     def __init__(
@@ -221,9 +227,7 @@ class RetrieveService:
                 log.warning(
                     "c_move_destination_failed", destination=destination.ae_title, error=str(e)
                 )
-                for target in unsent:
-                    counts.add("failed", target.sop_instance_uid)
-                counts.remaining = 0
+                counts.fail_rest(unsent)
                 comment = str(e)[:64]
                 break
             try:
@@ -318,9 +322,7 @@ class RetrieveService:
                             )
                             return targets[i + 1 :]
                         # C-GET: that association is the SCU's own; no response can follow.
-                        for rest in targets[i + 1 :]:
-                            counts.add("failed", rest.sop_instance_uid)
-                        counts.remaining = 0
+                        counts.fail_rest(targets[i + 1 :])
                         log.warning(
                             "sub_operations_abandoned",
                             sop_instance_uid=target.sop_instance_uid,
