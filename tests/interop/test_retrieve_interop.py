@@ -7,6 +7,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -89,28 +90,10 @@ def _identifier(level: str, **keys: str) -> Dataset:
     return ds
 
 
-def _pynetdicom_get(
-    port: int,
-    model: str,
-    identifier: Dataset,
-    *,
-    cancel_after: int | None = None,
-    store_delay: float = 0.0,
-) -> tuple[list[int], dict[str, bytes], Dataset | None]:
-    """C-GET with pynetdicom; returns (statuses, received dataset bytes by UID, last identifier).
-    Each sub-operation's C-STORE is answered after `store_delay` seconds."""
+def _get_association(port: int, model: str, on_store: Callable[[Any], int]) -> Any:
+    """A pynetdicom association to dicomd for C-GET (`model`), taking the SCP role for CT and MR
+    storage; `on_store` answers each sub-operation's C-STORE."""
     from pynetdicom import AE, build_role, evt
-
-    received: dict[str, bytes] = {}
-    state: dict[str, Any] = {}
-
-    def on_store(event: Any) -> int:
-        time.sleep(store_delay)
-        raw = event.request.DataSet.getvalue()
-        received[str(event.request.AffectedSOPInstanceUID)] = raw
-        if cancel_after is not None and len(received) == cancel_after:
-            state["assoc"].send_c_cancel(1, state["ctx"])
-        return 0x0000
 
     ae = AE(ae_title="PYGET")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
@@ -129,6 +112,31 @@ def _pynetdicom_get(
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
     )
     assert assoc.is_established
+    return assoc
+
+
+def _pynetdicom_get(
+    port: int,
+    model: str,
+    identifier: Dataset,
+    *,
+    cancel_after: int | None = None,
+    store_delay: float = 0.0,
+) -> tuple[list[int], dict[str, bytes], Dataset | None]:
+    """C-GET with pynetdicom; returns (statuses, received dataset bytes by UID, last identifier).
+    Each sub-operation's C-STORE is answered after `store_delay` seconds."""
+    received: dict[str, bytes] = {}
+    state: dict[str, Any] = {}
+
+    def on_store(event: Any) -> int:
+        time.sleep(store_delay)
+        raw = event.request.DataSet.getvalue()
+        received[str(event.request.AffectedSOPInstanceUID)] = raw
+        if cancel_after is not None and len(received) == cancel_after:
+            state["assoc"].send_c_cancel(1, state["ctx"])
+        return 0x0000
+
+    assoc = _get_association(port, model, on_store)
     state["assoc"] = assoc
     state["ctx"] = next(c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == model)
     statuses = []
@@ -646,8 +654,6 @@ async def test_a_file_failing_mid_stream_aborts_the_c_get_association(
 ) -> None:
     """C-GET's sub-operations travel on the SCU's association: dicomd aborts it (nothing can follow
     a part-sent data set), what came before is intact, and the server serves the next client."""
-    from pynetdicom import AE, build_role, evt
-
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     lost = str(uids(files[2]).SOPInstanceUID)
     received: dict[str, bytes] = {}
@@ -657,20 +663,7 @@ async def test_a_file_failing_mid_stream_aborts_the_c_get_association(
         return 0x0000
 
     def get(port: int) -> tuple[bool, list[Dataset]]:
-        ae = AE(ae_title="PYGET")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(STUDY_ROOT_GET)
-        for sop in (CT, MR):
-            ae.add_requested_context(sop, [ExplicitVRLittleEndian])
-            ae.add_requested_context(sop, [ImplicitVRLittleEndian])
-        assoc = ae.associate(
-            "127.0.0.1",
-            port,
-            ae_title="DICOMD",
-            ext_neg=[build_role(CT, scp_role=True), build_role(MR, scp_role=True)],
-            evt_handlers=[(evt.EVT_C_STORE, on_store)],
-        )
-        assert assoc.is_established
+        assoc = _get_association(port, STUDY_ROOT_GET, on_store)
         identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
         responses = [st for st, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET)]
         if assoc.is_established:
