@@ -301,6 +301,31 @@ def print_table(
         )
 
 
+# What the runs receive stays on disk until the benchmark ends, rather than being deleted after
+# each run, whenever the disk has room. On an ext4 volume without a journal (the benchmark VM's),
+# allocating an inode steps over every inode of the block group freed in the last 60-360 s
+# (fs/ext4/ialloc.c, recently_deleted()), one by one, on every allocation. Deleting a run's few
+# hundred or thousand files thus made the next run's file creations cost up to a millisecond of
+# kernel time each, charged to whichever server ran next, whatever it was.
+DISK_SPARE = 512 * MB
+
+
+def keeps_runs(tmp: Path, need_bytes: int) -> bool:
+    """Whether the runs' output can stay until the end: the disk under `tmp` has room for
+    `need_bytes` (all runs' output) with a fifth and DISK_SPARE to spare. Prints the choice."""
+    free = shutil.disk_usage(tmp).free
+    keep = free > need_bytes * 1.2 + DISK_SPARE
+    said = f"disk: {free / 1e9:.1f} GB free, the runs receive {need_bytes / 1e9:.1f} GB: "
+    if keep:
+        print(said + "kept until the end (no deletion between runs)")
+    else:
+        print(
+            said + "each run's output deleted after it; on some filesystems (ext4 without a "
+            "journal) that makes the next run's file creations slower, whichever server it is"
+        )
+    return keep
+
+
 @contextmanager
 def scratch(name: str, *, keep: bool) -> Iterator[Path]:
     """A fresh temporary directory for one benchmark run; removed afterwards unless `keep`."""

@@ -7,6 +7,8 @@ Scenarios: (get) getscu retrieves the 400-instance study to itself; (move) moves
 DCMTK storescp; (move2) two movescu at once move the two 200-instance studies to two storescp.
 Measured: the wall time of the getscu/movescu processes (after the data are loaded), then every
 instance is counted at its destination and a sample compared byte for byte with what was sent.
+What the clients and destinations received stays on disk until the benchmark ends when the disk has
+room (common.keeps_runs says why).
 """
 
 from __future__ import annotations
@@ -337,8 +339,15 @@ def run_one(
             argvs.append(retrieve_argv(peers, server, port, study, target, args.pdu))
         else:
             target = workdir / f"dest{i + 1}"
-            for old in target.iterdir():
-                old.unlink()
+            if args.keep_runs:
+                # storescp writes into the directory it was given by name: move the last run's
+                # files aside with it (a rename frees no inode) and give it an empty one.
+                if any(target.iterdir()):
+                    target.rename(workdir / f"dest{i + 1}-{scenario.key}-{attempt}")
+                    target.mkdir()
+            else:
+                for old in target.iterdir():
+                    old.unlink()
             argvs.append(retrieve_argv(peers, server, port, study, dests[i].ae_title, args.pdu))
         targets.append(target)
     logs = [workdir / f"{scenario.key}-{attempt}-{i + 1}.log" for i in range(len(chosen))]
@@ -370,7 +379,7 @@ def run_one(
         run.status, run.reason = "FAILED", str(e) or type(e).__name__
         return run
     finally:
-        if scenario.get and not args.keep:
+        if scenario.get and not (args.keep or args.keep_runs):
             for target in targets:
                 shutil.rmtree(target, ignore_errors=True)
     run.instances_per_s = run.instances / run.wall_s
@@ -568,6 +577,8 @@ def _bench(args: argparse.Namespace, scenarios: list[Scenario], tmp: Path) -> in
                 continue
             live.append(one)
             results.append(one.result)
+        received = sum(s.bytes for sc in scenarios for s in (studies[k] for k in sc.studies))
+        args.keep_runs = common.keeps_runs(tmp, received * len(live) * args.repeat)
         # All servers are up and loaded, then measured in rounds; they are stopped together.
         run_rounds(live, peers, studies, scenarios, args)
     for scenario in scenarios:
@@ -596,7 +607,8 @@ def _payload(
             "dcmtk": common.dcmtk_version(peers.tool("getscu")),
             "orthanc": orthanc_version(peers.orthanc) if peers.orthanc else "not installed",
         },
-        "options": {k: v for k, v in vars(args).items() if k != "no_json"},
+        "options": {k: v for k, v in vars(args).items() if k not in ("no_json", "keep_runs")},
+        "runs_kept_until_the_end": args.keep_runs,
         "studies": {
             key: {"instances": len(s.files), "bytes": s.bytes, "study_uid": s.study_uid}
             for key, s in studies.items()

@@ -5,7 +5,8 @@ associations (4 storescu processes of 100 files each), (c) 3000 small instances 
 association, (d) the same over 4 associations. Each run starts its server fresh on 127.0.0.1 with an
 empty store, and measures the wall time from the first storescu start to the last exit, the server's
 CPU seconds over that time and its peak resident memory; then checks every storescu exit code and
-the number of files the server stored.
+the number of files the server stored. What the servers stored stays on disk until the benchmark
+ends when the disk has room (common.keeps_runs says why).
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ def run_rounds(
         try:
             return run_one(server, scenario, data, tools, workdir, timeout)
         finally:
-            if not args.keep:
+            if not (args.keep or args.keep_runs):
                 shutil.rmtree(workdir, ignore_errors=True)
 
     jobs = [(server.key, partial(attempt, server)) for server in servers]
@@ -371,6 +372,8 @@ def _bench(args: argparse.Namespace, scenarios: list[Scenario], tmp: Path) -> in
         print("cannot run: DCMTK's storescu and echoscu are needed (apt-get install dcmtk)")
         return 2
     data = generate(tmp / "data", args.ct, args.small)
+    need = sum(data[s.data].bytes for s in scenarios) * len(servers) * args.repeat
+    args.keep_runs = common.keeps_runs(tmp, need)
     results: dict[str, list[Run]] = {}
     for scenario in scenarios:
         deadline = time.monotonic() + args.scenario_timeout
@@ -405,7 +408,8 @@ def _payload(
             "pynetdicom": common.version_of("pynetdicom"),
             "pydicom": common.version_of("pydicom"),
         },
-        "options": {k: v for k, v in vars(args).items() if k != "no_json"},
+        "options": {k: v for k, v in vars(args).items() if k not in ("no_json", "keep_runs")},
+        "runs_kept_until_the_end": args.keep_runs,
         "skipped": skipped,
         "scenarios": [
             {
