@@ -183,6 +183,21 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine since boot, every core (/proc/stat's cpu
+    line; idle and iowait count as not busy). Two readings give the share of the machine that
+    was busy between them, whoever used it."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Fraction of all cores busy between two machine_ticks() readings."""
+    return (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of the tree, including children it has waited for (cutime, cstime)."""
     ticks = 0
@@ -324,6 +339,39 @@ def keeps_runs(tmp: Path, need_bytes: int) -> bool:
             "journal) that makes the next run's file creations slower, whichever server it is"
         )
     return keep
+
+
+SHM = Path("/dev/shm")
+
+
+@contextmanager
+def receiving_dir(name: str, fallback: Path, need_bytes: int, *, keep: bool) -> Iterator[Path]:
+    """Where the clients that receive (getscu, storescp as a C-MOVE destination) write: a fresh
+    directory on tmpfs when /dev/shm has room for `need_bytes` with DISK_SPARE to spare, else
+    `fallback`. Prints the choice; removed afterwards unless `keep`.
+
+    A retrieve benchmark measures the servers; the receivers are the same DCMTK tools for all of
+    them, and their disk only adds noise: with files kept, the kernel's writeback of earlier runs
+    lands on later ones; with files deleted, ext4 without a journal makes the next creations slow
+    (see DISK_SPARE above). tmpfs has neither."""
+    free = shutil.disk_usage(SHM).free if SHM.is_dir() else 0
+    if free > need_bytes + DISK_SPARE:
+        where = Path(tempfile.mkdtemp(prefix=f"dicomd-bench-{name}-", dir=SHM))
+        print(f"receivers write to tmpfs: {where}")
+    else:
+        where = fallback
+        where.mkdir(parents=True, exist_ok=True)
+        print(
+            f"receivers write to disk ({SHM} has {free / 1e9:.1f} GB free, "
+            f"{(need_bytes + DISK_SPARE) / 1e9:.1f} GB wanted): the figures include its noise"
+        )
+    try:
+        yield where
+    finally:
+        if keep:
+            print(f"kept {where}")
+        else:
+            shutil.rmtree(where, ignore_errors=True)
 
 
 @contextmanager

@@ -7,8 +7,8 @@ Scenarios: (get) getscu retrieves the 400-instance study to itself; (move) moves
 DCMTK storescp; (move2) two movescu at once move the two 200-instance studies to two storescp.
 Measured: the wall time of the getscu/movescu processes (after the data are loaded), then every
 instance is counted at its destination and a sample compared byte for byte with what was sent.
-What the clients and destinations received stays on disk until the benchmark ends when the disk has
-room (common.keeps_runs says why).
+The receivers (getscu, the storescp destinations) write to tmpfs when /dev/shm has room
+(common.receiving_dir says why), and each run's files are deleted after it is checked.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class Run:
     instances_per_s: float = 0.0
     mb_per_s: float = 0.0
     cpu_s: float = 0.0
+    machine_busy: float = 0.0  # share of all cores busy during the run (server, clients, kernel)
     peak_rss_mb: float = 0.0
     received: int = 0
     identical: int = 0
@@ -215,6 +216,7 @@ class Live:
     proc: subprocess.Popen[bytes]
     port: int
     workdir: Path
+    inbox: Path  # where getscu and the destinations write (common.receiving_dir)
     dests: list[Destination]
 
 
@@ -224,13 +226,15 @@ def started(
     peers: Peers,
     studies: dict[str, Study],
     workdir: Path,
+    inbox: Path,
     args: argparse.Namespace,
 ) -> Iterator[Live]:
     """Start the destinations and the server, load the data; stop them all (by PID) on exit."""
     result = ServerResult(server.key, server.label)
     workdir.mkdir(parents=True)
+    inbox.mkdir(parents=True)
     dests = [Destination(f"DEST{i}", common.free_port()) for i in (1, 2)]
-    dest_dirs = [workdir / f"dest{i}" for i in (1, 2)]
+    dest_dirs = [inbox / f"dest{i}" for i in (1, 2)]
     with destinations(peers, dests, dest_dirs, workdir, args.pdu):
         port = common.free_port()
         launch = server.prepare(workdir, port, dests)
@@ -254,7 +258,7 @@ def started(
             if stored != expected:
                 raise BenchError(f"loaded {stored} of {expected} instances")
             print(f"  {server.label}: loaded {stored} instances in {result.load_s:.1f} s")
-            yield Live(server, result, proc, port, workdir, dests)
+            yield Live(server, result, proc, port, workdir, inbox, dests)
 
 
 @contextmanager
@@ -301,6 +305,7 @@ def run_rounds(
                 one.proc,
                 one.port,
                 one.workdir,
+                one.inbox,
                 one.dests,
                 args,
             ),
@@ -322,6 +327,7 @@ def run_one(
     proc: subprocess.Popen[bytes],
     port: int,
     workdir: Path,
+    inbox: Path,
     dests: list[Destination],
     args: argparse.Namespace,
     attempt: int,
@@ -334,25 +340,19 @@ def run_one(
     argvs: list[list[str]] = []
     for i, study in enumerate(chosen):
         if scenario.get:
-            target = workdir / f"get-{attempt}-{i + 1}"
+            target = inbox / f"get-{attempt}-{i + 1}"
             target.mkdir()
             argvs.append(retrieve_argv(peers, server, port, study, target, args.pdu))
         else:
-            target = workdir / f"dest{i + 1}"
-            if args.keep_runs:
-                # storescp writes into the directory it was given by name: move the last run's
-                # files aside with it (a rename frees no inode) and give it an empty one.
-                if any(target.iterdir()):
-                    target.rename(workdir / f"dest{i + 1}-{scenario.key}-{attempt}")
-                    target.mkdir()
-            else:
-                for old in target.iterdir():
-                    old.unlink()
+            target = inbox / f"dest{i + 1}"
+            for old in target.iterdir():
+                old.unlink()
             argvs.append(retrieve_argv(peers, server, port, study, dests[i].ae_title, args.pdu))
         targets.append(target)
     logs = [workdir / f"{scenario.key}-{attempt}-{i + 1}.log" for i in range(len(chosen))]
     try:
         cpu_before = cpu_seconds(proc.pid)
+        machine_before = common.machine_ticks()
         with Monitor(proc.pid) as monitor:
             try:
                 run.client_walls_s = run_clients(argvs, logs, args.timeout)
@@ -362,6 +362,7 @@ def run_one(
                 raise
             finally:
                 run.cpu_s = cpu_seconds(proc.pid) - cpu_before
+                run.machine_busy = common.busy_share(machine_before, common.machine_ticks())
         run.peak_rss_mb = monitor.peak_rss_bytes / MB
         run.wall_s = max(run.client_walls_s)
         for target, study in zip(targets, chosen, strict=True):
@@ -379,7 +380,7 @@ def run_one(
         run.status, run.reason = "FAILED", str(e) or type(e).__name__
         return run
     finally:
-        if scenario.get and not (args.keep or args.keep_runs):
+        if scenario.get and not args.keep:
             for target in targets:
                 shutil.rmtree(target, ignore_errors=True)
     run.instances_per_s = run.instances / run.wall_s
@@ -407,7 +408,7 @@ def print_scenario(
     size = sum(s.bytes for s in chosen) / MB
     print(f"\n({scenario.key}) {scenario.title}: {total} instances, {size:.1f} MB")
     runs = {r.server: r.runs.get(scenario.key) for r in results}
-    headers = ["server", "wall s", "client s", "inst/s", "MB/s", "CPU s", "peak RSS MB"]
+    headers = ["server", "wall s", "client s", "inst/s", "MB/s", "CPU s", "busy", "peak RSS MB"]
     headers += ["identical", "vs Orthanc", "vs dcmqrscp"]
     rows: list[list[str]] = []
     for result in results:
@@ -424,6 +425,7 @@ def print_scenario(
                 f"{run.instances_per_s:.1f}",
                 f"{run.mb_per_s:.1f}",
                 f"{run.cpu_s:.2f}",
+                f"{run.machine_busy:.0%}",
                 f"{run.peak_rss_mb:.1f}",
                 f"{run.identical}/{run.compared}",
                 _ratio(run, runs.get("orthanc")),
@@ -560,13 +562,28 @@ def _bench(args: argparse.Namespace, scenarios: list[Scenario], tmp: Path) -> in
     servers, skipped = servers_for(peers, args.servers.split(","))
     studies = generate(tmp / "data", args.ct, args.ct2)
     results: list[ServerResult] = []
+    # The largest run's output, once per server (a destination keeps its files until its next
+    # run) and once more for the run under way.
+    largest = max(sum(studies[k].bytes for k in s.studies) for s in scenarios)
     with ExitStack() as stack:
+        inboxes = stack.enter_context(
+            common.receiving_dir(
+                "retrieve", tmp / "received", largest * (len(servers) + 1), keep=args.keep
+            )
+        )
         live: list[Live] = []
         for server in servers:
             print(f"server {server.label}: starting")
             try:
                 one = stack.enter_context(
-                    started(server, peers, studies, tmp / "runs" / server.key, args)
+                    started(
+                        server,
+                        peers,
+                        studies,
+                        tmp / "runs" / server.key,
+                        inboxes / server.key,
+                        args,
+                    )
                 )
             except (BenchError, OSError, subprocess.SubprocessError) as e:
                 broken = ServerResult(
@@ -577,8 +594,6 @@ def _bench(args: argparse.Namespace, scenarios: list[Scenario], tmp: Path) -> in
                 continue
             live.append(one)
             results.append(one.result)
-        received = sum(s.bytes for sc in scenarios for s in (studies[k] for k in sc.studies))
-        args.keep_runs = common.keeps_runs(tmp, received * len(live) * args.repeat)
         # All servers are up and loaded, then measured in rounds; they are stopped together.
         run_rounds(live, peers, studies, scenarios, args)
     for scenario in scenarios:
@@ -607,8 +622,7 @@ def _payload(
             "dcmtk": common.dcmtk_version(peers.tool("getscu")),
             "orthanc": orthanc_version(peers.orthanc) if peers.orthanc else "not installed",
         },
-        "options": {k: v for k, v in vars(args).items() if k not in ("no_json", "keep_runs")},
-        "runs_kept_until_the_end": args.keep_runs,
+        "options": {k: v for k, v in vars(args).items() if k != "no_json"},
         "studies": {
             key: {"instances": len(s.files), "bytes": s.bytes, "study_uid": s.study_uid}
             for key, s in studies.items()
