@@ -268,13 +268,18 @@ def fastest_in_rounds(repeat: int, jobs: Sequence[tuple[K, Callable[[int], R]]])
 
     The jobs run in rounds (a, b, c, a, b, c, ...), not each one's runs in a block: this machine's
     speed drifts within minutes, and a ratio of two jobs' figures only means something when both
-    come from the same minutes. A job whose run fails keeps that run and is not run again."""
+    come from the same minutes. A job whose run fails keeps that run and is not run again.
+
+    Before each run, os.sync(): what earlier runs (or the loading of data) left in the page cache
+    is written back then, not during the next run, which would pay for the writes of a server
+    that does not fsync."""
     best: dict[K, R] = {}
     for attempt in range(1, repeat + 1):
         for key, job in jobs:
             kept = best.get(key)
             if kept is not None and kept.status != "ok":
                 continue
+            os.sync()
             run = job(attempt)
             if kept is None or run.status != "ok" or run.wall_s < kept.wall_s:
                 best[key] = run
