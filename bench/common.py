@@ -353,7 +353,7 @@ SHM = Path("/dev/shm")
 def receiving_dir(name: str, fallback: Path, need_bytes: int, *, keep: bool) -> Iterator[Path]:
     """Where the clients that receive (getscu, storescp as a C-MOVE destination) write: a fresh
     directory on tmpfs when /dev/shm has room for `need_bytes` with DISK_SPARE to spare, else
-    `fallback`. Prints the choice; removed afterwards unless `keep`.
+    `fallback`. Prints the choice; the tmpfs directory is removed afterwards unless `keep`.
 
     A retrieve benchmark measures the servers; the receivers are the same DCMTK tools for all of
     them, and their disk only adds noise: with files kept, the kernel's writeback of earlier runs
@@ -361,28 +361,23 @@ def receiving_dir(name: str, fallback: Path, need_bytes: int, *, keep: bool) -> 
     (see DISK_SPARE above). tmpfs has neither."""
     free = shutil.disk_usage(SHM).free if SHM.is_dir() else 0
     if free > need_bytes + DISK_SPARE:
-        where = Path(tempfile.mkdtemp(prefix=f"dicomd-bench-{name}-", dir=SHM))
-        print(f"receivers write to tmpfs: {where}")
-    else:
-        where = fallback
-        where.mkdir(parents=True, exist_ok=True)
-        print(
-            f"receivers write to disk ({SHM} has {free / 1e9:.1f} GB free, "
-            f"{(need_bytes + DISK_SPARE) / 1e9:.1f} GB wanted): the figures include its noise"
-        )
-    try:
-        yield where
-    finally:
-        if keep:
-            print(f"kept {where}")
-        else:
-            shutil.rmtree(where, ignore_errors=True)
+        with scratch(name, keep=keep, parent=SHM) as where:
+            print(f"receivers write to tmpfs: {where}")
+            yield where
+        return
+    print(
+        f"receivers write to disk ({SHM} has {free / 1e9:.1f} GB free, "
+        f"{(need_bytes + DISK_SPARE) / 1e9:.1f} GB wanted): the figures include its noise"
+    )
+    fallback.mkdir(parents=True, exist_ok=True)
+    yield fallback  # under the benchmark's own scratch directory, removed with it
 
 
 @contextmanager
-def scratch(name: str, *, keep: bool) -> Iterator[Path]:
-    """A fresh temporary directory for one benchmark run; removed afterwards unless `keep`."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"dicomd-bench-{name}-"))
+def scratch(name: str, *, keep: bool, parent: Path | None = None) -> Iterator[Path]:
+    """A fresh temporary directory for one benchmark run (in `parent`, else the system's temporary
+    directory); removed afterwards unless `keep`."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"dicomd-bench-{name}-", dir=parent))
     try:
         yield tmp
     finally:
