@@ -238,9 +238,11 @@ def run_rounds(
     tmp: Path,
     args: argparse.Namespace,
     deadline: float,
+    keep_runs: bool,
 ) -> list[Run]:
     """Each server's fastest of --repeat runs, in the order of `servers`; the runs go in rounds
-    over the servers (common.fastest_in_rounds), so the ratios compare the same minutes."""
+    over the servers (common.fastest_in_rounds), so the ratios compare the same minutes. Each
+    run's directory is removed after it unless `keep_runs` (or --keep)."""
 
     def attempt(server: Server, number: int) -> Run:
         workdir = tmp / "runs" / f"{scenario.key}-{server.key}-{number}"
@@ -250,7 +252,7 @@ def run_rounds(
         try:
             return run_one(server, scenario, data, tools, workdir, timeout)
         finally:
-            if not (args.keep or args.keep_runs):
+            if not (args.keep or keep_runs):
                 shutil.rmtree(workdir, ignore_errors=True)
 
     jobs = [(server.key, partial(attempt, server)) for server in servers]
@@ -373,18 +375,20 @@ def _bench(args: argparse.Namespace, scenarios: list[Scenario], tmp: Path) -> in
         return 2
     data = generate(tmp / "data", args.ct, args.small)
     need = sum(data[s.data].bytes for s in scenarios) * len(servers) * args.repeat
-    args.keep_runs = common.keeps_runs(tmp, need)
+    keep_runs = common.keeps_runs(tmp, need)
     results: dict[str, list[Run]] = {}
     for scenario in scenarios:
         deadline = time.monotonic() + args.scenario_timeout
-        runs = run_rounds(servers, scenario, data[scenario.data], tools, tmp, args, deadline)
+        runs = run_rounds(
+            servers, scenario, data[scenario.data], tools, tmp, args, deadline, keep_runs
+        )
         results[scenario.key] = runs
         print_scenario(scenario, data[scenario.data], runs, skipped)
     checks = check_targets(results)
     common.print_checks(checks, "scenario")
     if not args.no_json:
         path = common.write_results(
-            "store", _payload(args, tools, scenarios, data, results, skipped, checks)
+            "store", _payload(args, tools, scenarios, data, results, skipped, checks, keep_runs)
         )
         print(f"\nresults: {path.relative_to(common.ROOT)}")
     failed = [r for runs in results.values() for r in runs if r.status != "ok"]
@@ -399,6 +403,7 @@ def _payload(
     results: dict[str, list[Run]],
     skipped: list[str],
     checks: list[dict[str, Any]],
+    keep_runs: bool,
 ) -> dict[str, Any]:
     return {
         "benchmark": "store",
@@ -408,8 +413,8 @@ def _payload(
             "pynetdicom": common.version_of("pynetdicom"),
             "pydicom": common.version_of("pydicom"),
         },
-        "options": {k: v for k, v in vars(args).items() if k not in ("no_json", "keep_runs")},
-        "runs_kept_until_the_end": args.keep_runs,
+        "options": {k: v for k, v in vars(args).items() if k != "no_json"},
+        "runs_kept_until_the_end": keep_runs,
         "skipped": skipped,
         "scenarios": [
             {
