@@ -8,7 +8,8 @@ DCMTK storescp; (move2) two movescu at once move the two 200-instance studies to
 Measured: the wall time of the getscu/movescu processes (after the data are loaded), then every
 instance is counted at its destination and a sample compared byte for byte with what was sent.
 The receivers (getscu, the storescp destinations) write to tmpfs when /dev/shm has room
-(common.receiving_dir says why), and each run's files are deleted after it is checked.
+(common.receiving_dir says why); what getscu received is deleted after its run, what a
+destination received before that destination's next run.
 """
 
 from __future__ import annotations
