@@ -458,30 +458,44 @@ def _pynetdicom_move(
 
 
 class _Destination:
-    """A pynetdicom storage SCP that records what it receives (and the move originator)."""
+    """A pynetdicom storage SCP that records what it receives (and the move originator). With
+    `refuse_after_abort`, once it has received an A-ABORT it rejects every new association
+    (A-ASSOCIATE-RJ, calling AE title not recognised)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refuse_after_abort: bool = False) -> None:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
         self.received: dict[str, bytes] = {}
         self.originators: set[tuple[str, int]] = set()
         self.aborts = 0  # A-ABORTs received
+        self.associations = 0  # associations established
         self.aborted = threading.Event()
         self.lock = threading.Lock()
-        ae = AE(ae_title="PYDEST")
+        self._refuse_after_abort = refuse_after_abort
+        self.ae = ae = AE(ae_title="PYDEST")
         for sop in (CTImageStorage, MRImageStorage):
             ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.port = free_port()
         self.server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_ABORTED, self._on_abort)],
+            evt_handlers=[
+                (evt.EVT_C_STORE, self._on_store),
+                (evt.EVT_ABORTED, self._on_abort),
+                (evt.EVT_ESTABLISHED, self._on_established),
+            ],
         )
+
+    def _on_established(self, _event: Any) -> None:
+        with self.lock:
+            self.associations += 1
 
     def _on_abort(self, _event: Any) -> None:
         with self.lock:
             self.aborts += 1
+            if self._refuse_after_abort:
+                self.ae.require_calling_aet = ["NOT-DICOMD"]
         self.aborted.set()
 
     def _on_store(self, event: Any) -> int:
@@ -583,6 +597,114 @@ async def test_a_streamed_file_that_fails_to_read_during_a_move(
             assert failed_list.FailedSOPInstanceUIDList == lost
         assert first == dest.received == others
         assert dest.aborts == (0 if damage == "gone" else 1)
+    finally:
+        await asyncio.to_thread(dest.close)
+
+
+async def test_a_destination_that_refuses_the_new_association_fails_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third of six files fails half-sent, so the sub-association is aborted, and the
+    destination then rejects the association dicomd opens for the three not yet sent: those fail
+    too. The move ends in B000 with the four failed UIDs and the two that arrived intact."""
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    lost = str(uids(files[2]).SOPInstanceUID)
+    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    dest = await asyncio.to_thread(partial(_Destination, refuse_after_abort=True))
+    try:
+        config = _with_remote(make_config(), "PYDEST", dest.port)
+        async with run_runtime(config) as (server, runtime):
+            await asyncio.to_thread(_pynetdicom_store, server.port, files)
+            stored = await runtime.index.get(lost)
+            assert stored is not None
+            _fail_mid_stream(monkeypatch, runtime.files.path(stored.relpath))
+            with structlog.testing.capture_logs() as logs:
+                responses = await asyncio.to_thread(
+                    _pynetdicom_move, server.port, "PYDEST", identifier
+                )
+        code, final, failed = responses[-1]
+        assert code == status.SUBOPS_WARNING
+        assert final.NumberOfCompletedSuboperations == 2
+        assert final.NumberOfFailedSuboperations == 4
+        assert failed is not None
+        assert sorted(failed.FailedSOPInstanceUIDList) == sorted(by_uid(files[2:]))
+        assert dest.received == by_uid(files[:2])
+        assert (dest.aborts, dest.associations) == (1, 1)
+        assert [e["event"] for e in logs if e["event"].startswith(("sub_a", "c_move_d"))] == [
+            "sub_association_aborted",
+            "c_move_destination_failed",
+            "c_move_done",
+        ]
+    finally:
+        await asyncio.to_thread(dest.close)
+
+
+async def test_a_move_cancelled_between_its_two_sub_associations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A C-CANCEL that arrives after a half-sent file aborted the sub-association, and before
+    the next one is opened: no new association is made, and the move ends in FE00 with the
+    three unsent instances as remaining, the two sent as completed and the damaged one failed."""
+    from pynetdicom import AE
+
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    lost = str(uids(files[2]).SOPInstanceUID)
+    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    real_run = retrieve.RetrieveService._run
+
+    async def run_then_wait_for_the_cancel(
+        self: retrieve.RetrieveService, targets: Any, counts: Any, responder: Any, *a: Any, **k: Any
+    ) -> Any:
+        unsent = await real_run(self, targets, counts, responder, *a, **k)
+        async with asyncio.timeout(10):
+            # The association sets a flag on C-CANCEL, with no event to wait on: polled.
+            while unsent and not responder.cancel_requested:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        return unsent
+
+    monkeypatch.setattr(retrieve.RetrieveService, "_run", run_then_wait_for_the_cancel)
+
+    def move_and_cancel(port: int) -> list[tuple[int, Any, Dataset | None]]:
+        ae = AE(ae_title="PYMOVE")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(STUDY_ROOT_MOVE)
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMD")
+        assert assoc.is_established
+        context_id = assoc.accepted_contexts[0].context_id
+
+        def cancel_once_aborted() -> None:
+            if dest.aborted.wait(10):
+                assoc.send_c_cancel(1, context_id)
+
+        canceller = threading.Thread(target=cancel_once_aborted, daemon=True)
+        canceller.start()
+        try:
+            return [
+                (int(s.Status), s, ident)
+                for s, ident in assoc.send_c_move(identifier, "PYDEST", STUDY_ROOT_MOVE, msg_id=1)
+            ]
+        finally:
+            canceller.join(10)
+            assoc.release()
+
+    dest = await asyncio.to_thread(_Destination)
+    try:
+        config = _with_remote(make_config(), "PYDEST", dest.port)
+        async with run_runtime(config) as (server, runtime):
+            await asyncio.to_thread(_pynetdicom_store, server.port, files)
+            stored = await runtime.index.get(lost)
+            assert stored is not None
+            _fail_mid_stream(monkeypatch, runtime.files.path(stored.relpath))
+            responses = await asyncio.to_thread(move_and_cancel, server.port)
+        code, final, failed = responses[-1]
+        assert code == status.CANCEL
+        assert final.NumberOfRemainingSuboperations == 3
+        assert final.NumberOfCompletedSuboperations == 2
+        assert final.NumberOfFailedSuboperations == 1
+        assert failed is not None
+        assert failed.FailedSOPInstanceUIDList == lost
+        assert dest.received == by_uid(files[:2])
+        assert (dest.aborts, dest.associations) == (1, 1)
     finally:
         await asyncio.to_thread(dest.close)
 
