@@ -288,10 +288,15 @@ class RetrieveService:
         targets not sent because a C-MOVE sub-association was aborted under a data set that
         failed half-sent (the caller may send them on a new association); C-GET raises
         IncompleteMessage instead, its association being the SCU's own."""
-        # The next instance is read (in a thread) while this one is sent and acknowledged: the
-        # sub-operations are one at a time (PS3.7 asynchronous operations are not negotiated), so
-        # the read would otherwise add a thread trip and the file's read to each one's latency.
-        ahead: asyncio.Task[_Loaded | None] | None = None
+        # Instances are read in runs, one trip to a worker thread per run (see _run_end), and the
+        # next run is read while this one is sent and acknowledged: the sub-operations are one at
+        # a time (PS3.7 asynchronous operations are not negotiated), so a read per instance would
+        # add a thread trip and the file's read to each one's latency, and a trip per instance
+        # costs the event loop as much as a sub-operation's own messages.
+        ahead: asyncio.Task[list[_Loaded | None]] | None = None
+        run: list[_Loaded | None] = []
+        run_start = 0  # index in targets of run[0]
+        next_run = 0  # index in targets of the first instance not yet being read
         clock = asyncio.get_running_loop().time
         last_response = clock()
         interval = self._pending_interval  # a reload does not change a retrieve under way
@@ -299,12 +304,19 @@ class RetrieveService:
             for i, target in enumerate(targets):
                 if responder.cancel_requested:
                     break
-                loading = ahead or asyncio.ensure_future(self._load(target, sender))
-                ahead = None
-                if i + 1 < len(targets):
-                    ahead = asyncio.ensure_future(self._load(targets[i + 1], sender))
+                if i - run_start == len(run):
+                    if ahead is None:
+                        end = _run_end(targets, next_run)
+                        ahead = asyncio.ensure_future(self._load(targets[next_run:end], sender))
+                        next_run = end
+                    loading, ahead = ahead, None
+                    if next_run < len(targets):
+                        end = _run_end(targets, next_run)
+                        ahead = asyncio.ensure_future(self._load(targets[next_run:end], sender))
+                        next_run = end
+                    run, run_start = await loading, i
                 counts.remaining -= 1
-                loaded = await loading
+                loaded, run[i - run_start] = run[i - run_start], None  # memory goes as it is sent
                 outcome = "failed"
                 if loaded is not None:
                     try:
@@ -347,32 +359,35 @@ class RetrieveService:
                     )
         finally:
             if ahead is not None:
-                ahead.cancel()  # cancelled, or its result dropped: one instance's worth at most
+                ahead.cancel()  # cancelled, or its result dropped: one run's worth at most
                 ahead.add_done_callback(_consume)
         return ()
 
-    async def _load(self, target: Target, sender: _Sender) -> _Loaded | None:
-        """The context to send `target` on and its data set, read (and converted) in a thread;
-        None (logged) when no accepted context takes it or the file cannot be read."""
-        choice = _choose_context(sender.contexts, target)
-        if choice is None:
-            log.info("sub_operation_no_context", sop_instance_uid=target.sop_instance_uid)
-            return None
-        context, dataset = choice
-        path = self._files.path(target.relpath)
-        try:
-            if dataset is None:
-                source: DatasetSource = await asyncio.to_thread(_file_slice, path, target.size)
-            else:
-                source = await asyncio.to_thread(
-                    _convert, path, target.size, target.transfer_syntax_uid, context.transfer_syntax
+    async def _load(self, targets: Sequence[Target], sender: _Sender) -> list[_Loaded | None]:
+        """For each target, the context to send it on and its data set, read (and converted) in
+        one trip to a thread for them all; None (logged) when no accepted context takes it or the
+        file cannot be read."""
+        jobs: list[tuple[Target, AcceptedContext, str | None] | None] = []
+        for target in targets:
+            choice = _choose_context(sender.contexts, target)
+            if choice is None:
+                log.info("sub_operation_no_context", sop_instance_uid=target.sop_instance_uid)
+            jobs.append(None if choice is None else (target, *choice))
+        read = await asyncio.to_thread(_read_run, self._files, jobs)
+        loaded: list[_Loaded | None] = []
+        for target, job, source in zip(targets, jobs, read, strict=True):
+            if isinstance(source, Exception):
+                log.warning(
+                    "sub_operation_unreadable",
+                    sop_instance_uid=target.sop_instance_uid,
+                    error=str(source),
                 )
-        except (OSError, ValueError, NotImplementedError, RuntimeError) as e:
-            log.warning(
-                "sub_operation_unreadable", sop_instance_uid=target.sop_instance_uid, error=str(e)
+            loaded.append(
+                None
+                if job is None or source is None or isinstance(source, Exception)
+                else (job[1], source)
             )
-            return None
-        return context, source
+        return loaded
 
     async def _sub_operation(
         self,
@@ -606,6 +621,51 @@ def _proposals(targets: Sequence[Target]) -> list[ProposedContext]:
 # A stored file up to this size is read whole where its dataset offset is found: one trip to a
 # thread per sub-operation. Larger ones are streamed by the sender, a chunk at a time.
 PRELOAD = 1 << 20
+
+
+# A run of instances read in one trip to a thread holds at most this many of them, and files of at
+# most LOAD_BYTES in all (one file at least, whatever its size): with the next run read ahead, a
+# retrieve holds two runs' worth in memory. Sixteen small instances per trip halve the CPU that
+# sending them costs; larger runs of large files cost more than they save (page faults on
+# fresh buffers), hence the byte bound.
+LOAD_COUNT = 16
+LOAD_BYTES = 1 << 20
+
+
+def _run_end(targets: Sequence[Target], start: int) -> int:
+    """Where the run of instances to read from `start` ends (exclusive). A file is counted at its
+    full size even when it is larger than PRELOAD and will be streamed: whether it must be
+    converted (and so held whole) is known only once its context is chosen."""
+    held = 0
+    end = start
+    while end < len(targets) and end - start < LOAD_COUNT:
+        held += targets[end].size
+        if held > LOAD_BYTES and end > start:
+            break
+        end += 1
+    return end
+
+
+def _read_run(
+    files: FileStore, jobs: Sequence[tuple[Target, AcceptedContext, str | None] | None]
+) -> list[DatasetSource | Exception]:
+    """(worker thread) Each job's data set: read as stored, or converted to the context's syntax;
+    the error instead where its file cannot be read or converted (that sub-operation fails)."""
+    read: list[DatasetSource | Exception] = []
+    for job in jobs:
+        if job is None:
+            read.append(None)
+            continue
+        target, _context, convert_to = job
+        path = files.path(target.relpath)
+        try:
+            if convert_to is None:
+                read.append(_file_slice(path, target.size))
+            else:
+                read.append(_convert(path, target.size, target.transfer_syntax_uid, convert_to))
+        except (OSError, ValueError, NotImplementedError, RuntimeError) as e:
+            read.append(e)
+    return read
 
 
 def _consume(task: asyncio.Task[Any]) -> None:

@@ -297,7 +297,7 @@ async def test_c_get_without_a_storage_role_fails_every_sub_operation(tmp_path: 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
 async def test_an_unreadable_file_fails_its_sub_operation_only(tmp_path: Path, damage: str) -> None:
-    """Instances are read one ahead of the one being sent: a file gone from the store, or shorter
+    """Instances are read in runs, ahead of the one being sent: a file gone from the store, or shorter
     than its index entry says, still fails just its own sub-operation (B000, one failed; nothing
     of it is sent) and every other instance arrives intact."""
     files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=2, per_series=3)
@@ -322,6 +322,21 @@ async def test_an_unreadable_file_fails_its_sub_operation_only(tmp_path: Path, d
     assert final.NumberOfCompletedSuboperations == len(files) - 1
     del expected[lost]
     assert received == expected
+
+
+def test_runs_of_instances_read_at_once_are_bounded_in_count_and_bytes() -> None:
+    def targets(*sizes: int) -> list[retrieve.Target]:
+        return [
+            retrieve.Target(f"1.2.{i}", CT, ExplicitVRLittleEndian, "x", n)
+            for i, n in enumerate(sizes)
+        ]
+
+    small = targets(*[8_000] * 40)
+    assert [retrieve._run_end(small, start) for start in (0, 16, 32)] == [16, 32, 40]
+    ct = targets(*[520_000] * 5)  # two fit in LOAD_BYTES, a third does not
+    assert [retrieve._run_end(ct, start) for start in (0, 2, 4)] == [2, 4, 5]
+    big = targets(5 << 20, 1000, 600_000, 600_000)  # one file at least, whatever its size
+    assert [retrieve._run_end(big, start) for start in (0, 1, 2, 3)] == [1, 3, 3, 4]
 
 
 def test_a_file_to_convert_is_checked_against_its_indexed_size(tmp_path: Path) -> None:
@@ -459,10 +474,10 @@ def _pynetdicom_move(
 
 class _Destination:
     """A pynetdicom storage SCP that records what it receives (and the move originator). With
-    `refuse_after_abort`, once it has received an A-ABORT it rejects every new association
-    (A-ASSOCIATE-RJ, calling AE title not recognised)."""
+    `only_one`, once an association is established it rejects every new one (A-ASSOCIATE-RJ,
+    calling AE title not recognised)."""
 
-    def __init__(self, *, refuse_after_abort: bool = False) -> None:
+    def __init__(self, *, only_one: bool = False) -> None:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
@@ -472,7 +487,7 @@ class _Destination:
         self.associations = 0  # associations established
         self.aborted = threading.Event()
         self.lock = threading.Lock()
-        self._refuse_after_abort = refuse_after_abort
+        self._only_one = only_one
         self.ae = ae = AE(ae_title="PYDEST")
         for sop in (CTImageStorage, MRImageStorage):
             ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -490,12 +505,12 @@ class _Destination:
     def _on_established(self, _event: Any) -> None:
         with self.lock:
             self.associations += 1
+            if self._only_one:
+                self.ae.require_calling_aet = ["NOT-DICOMD"]
 
     def _on_abort(self, _event: Any) -> None:
         with self.lock:
             self.aborts += 1
-            if self._refuse_after_abort:
-                self.ae.require_calling_aet = ["NOT-DICOMD"]
         self.aborted.set()
 
     def _on_store(self, event: Any) -> int:
@@ -610,7 +625,7 @@ async def test_a_destination_that_refuses_the_new_association_fails_the_rest(
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     lost = str(uids(files[2]).SOPInstanceUID)
     identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
-    dest = await asyncio.to_thread(partial(_Destination, refuse_after_abort=True))
+    dest = await asyncio.to_thread(partial(_Destination, only_one=True))
     try:
         config = _with_remote(make_config(), "PYDEST", dest.port)
         async with run_runtime(config) as (server, runtime):
@@ -622,6 +637,7 @@ async def test_a_destination_that_refuses_the_new_association_fails_the_rest(
                 responses = await asyncio.to_thread(
                     _pynetdicom_move, server.port, "PYDEST", identifier
                 )
+            assert await asyncio.to_thread(dest.aborted.wait, 10)
         code, final, failed = responses[-1]
         assert code == status.SUBOPS_WARNING
         assert final.NumberOfCompletedSuboperations == 2
