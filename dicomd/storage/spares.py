@@ -1,10 +1,15 @@
 """Spool files created ahead of need, so that a C-STORE does not wait for a new inode.
 
 Creating a file allocates an inode and writes a directory entry. On a quiet filesystem that takes
-tens of microseconds; on a busy one it can take a millisecond or more. (On the ext4 volume where
-dicomd's benchmarks run, the median is 1.0 ms: its inode allocator steps over recently freed
-inodes.) A C-STORE used to pay that between its last fragment and its answer, on the critical
-path of a modality that sends one instance at a time.
+tens of microseconds (about 16 us on the ext4 volume where dicomd's benchmarks run); after many
+deletions it can take a millisecond or more: ext4 without a journal makes each new inode step over
+every inode of its block group freed in the last minutes (`recently_deleted()` in
+fs/ext4/ialloc.c). A C-STORE would pay that between its last fragment and its answer, on the
+critical path of a modality that sends one instance at a time.
+
+The pool takes that cost off the critical path, not off the machine: while this thread creates a
+file in tmp/ it holds the directory's lock, and the install rename out of tmp/ waits for it. On a
+filesystem that creates slowly, that wait shows up as kernel time of the store thread.
 
 The pool keeps a few empty files ready in tmp/, named `<uuid>.spare`. Taking one renames it to
 `<uuid>.part`: a directory entry changes, nothing is allocated. A background thread then makes its
