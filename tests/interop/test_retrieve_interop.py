@@ -4,10 +4,11 @@ move destination) and pynetdicom, byte-identical datasets after the round trip."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -575,6 +576,26 @@ def _fail_mid_stream(monkeypatch: pytest.MonkeyPatch, victim: Path, *, gone: boo
     monkeypatch.setattr(retrieve, "_file_slice", damaged)
 
 
+@contextlib.asynccontextmanager
+async def _serving_a_damaged_file(
+    monkeypatch: pytest.MonkeyPatch,
+    dest: _Destination,
+    files: list[Path],
+    lost: str,
+    *,
+    gone: bool = False,
+) -> AsyncIterator[Any]:
+    """dicomd with `dest` as the remote PYDEST and `files` stored, `lost`'s file damaged as
+    _fail_mid_stream says; yields the server."""
+    config = _with_remote(make_config(), "PYDEST", dest.port)
+    async with run_runtime(config) as (server, runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        stored = await runtime.index.get(lost)
+        assert stored is not None
+        _fail_mid_stream(monkeypatch, runtime.files.path(stored.relpath), gone=gone)
+        yield server
+
+
 @pytest.mark.parametrize("damage", ["short", "gone"])
 async def test_a_streamed_file_that_fails_to_read_during_a_move(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
@@ -591,13 +612,9 @@ async def test_a_streamed_file_that_fails_to_read_during_a_move(
     identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
     dest = await asyncio.to_thread(_Destination)
     try:
-        config = _with_remote(make_config(), "PYDEST", dest.port)
-        async with run_runtime(config) as (server, runtime):
-            await asyncio.to_thread(_pynetdicom_store, server.port, files)
-            stored = await runtime.index.get(lost)
-            assert stored is not None
-            path = runtime.files.path(stored.relpath)
-            _fail_mid_stream(monkeypatch, path, gone=damage == "gone")
+        async with _serving_a_damaged_file(
+            monkeypatch, dest, files, lost, gone=damage == "gone"
+        ) as server:
             move = partial(_pynetdicom_move, server.port, "PYDEST", identifier)
             code, final, failed = (await asyncio.to_thread(move))[-1]
             first = dict(dest.received)
@@ -627,12 +644,7 @@ async def test_a_destination_that_refuses_the_new_association_fails_the_rest(
     identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
     dest = await asyncio.to_thread(partial(_Destination, only_one=True))
     try:
-        config = _with_remote(make_config(), "PYDEST", dest.port)
-        async with run_runtime(config) as (server, runtime):
-            await asyncio.to_thread(_pynetdicom_store, server.port, files)
-            stored = await runtime.index.get(lost)
-            assert stored is not None
-            _fail_mid_stream(monkeypatch, runtime.files.path(stored.relpath))
+        async with _serving_a_damaged_file(monkeypatch, dest, files, lost) as server:
             with structlog.testing.capture_logs() as logs:
                 responses = await asyncio.to_thread(
                     _pynetdicom_move, server.port, "PYDEST", identifier
@@ -705,12 +717,7 @@ async def test_a_move_cancelled_between_its_two_sub_associations(
 
     dest = await asyncio.to_thread(_Destination)
     try:
-        config = _with_remote(make_config(), "PYDEST", dest.port)
-        async with run_runtime(config) as (server, runtime):
-            await asyncio.to_thread(_pynetdicom_store, server.port, files)
-            stored = await runtime.index.get(lost)
-            assert stored is not None
-            _fail_mid_stream(monkeypatch, runtime.files.path(stored.relpath))
+        async with _serving_a_damaged_file(monkeypatch, dest, files, lost) as server:
             responses = await asyncio.to_thread(move_and_cancel, server.port)
         code, final, failed = responses[-1]
         assert code == status.CANCEL
