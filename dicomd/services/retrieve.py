@@ -293,10 +293,18 @@ class RetrieveService:
         # a time (PS3.7 asynchronous operations are not negotiated), so a read per instance would
         # add a thread trip and the file's read to each one's latency, and a trip per instance
         # costs the event loop as much as a sub-operation's own messages.
+        next_run = 0  # index in targets of the first instance not yet being read
+
+        def read_next_run() -> asyncio.Task[list[_Loaded | None]] | None:
+            nonlocal next_run
+            if next_run == len(targets):
+                return None
+            start, next_run = next_run, _run_end(targets, next_run)
+            return asyncio.ensure_future(self._load(targets[start:next_run], sender))
+
         ahead: asyncio.Task[list[_Loaded | None]] | None = None
         run: list[_Loaded | None] = []
         run_start = 0  # index in targets of run[0]
-        next_run = 0  # index in targets of the first instance not yet being read
         clock = asyncio.get_running_loop().time
         last_response = clock()
         interval = self._pending_interval  # a reload does not change a retrieve under way
@@ -305,15 +313,9 @@ class RetrieveService:
                 if responder.cancel_requested:
                     break
                 if i - run_start == len(run):
-                    if ahead is None:
-                        end = _run_end(targets, next_run)
-                        ahead = asyncio.ensure_future(self._load(targets[next_run:end], sender))
-                        next_run = end
-                    loading, ahead = ahead, None
-                    if next_run < len(targets):
-                        end = _run_end(targets, next_run)
-                        ahead = asyncio.ensure_future(self._load(targets[next_run:end], sender))
-                        next_run = end
+                    loading = ahead or read_next_run()
+                    assert loading is not None  # targets[i] is in no run read yet
+                    ahead = read_next_run()
                     run, run_start = await loading, i
                 counts.remaining -= 1
                 loaded, run[i - run_start] = run[i - run_start], None  # memory goes as it is sent
@@ -367,26 +369,25 @@ class RetrieveService:
         """For each target, the context to send it on and its data set, read (and converted) in
         one trip to a thread for them all; None (logged) when no accepted context takes it or the
         file cannot be read."""
-        jobs: list[tuple[Target, AcceptedContext, str | None] | None] = []
-        for target in targets:
-            choice = _choose_context(sender.contexts, target)
+        choices = [_choose_context(sender.contexts, target) for target in targets]
+        jobs: list[tuple[Target, str | None] | None] = []
+        for target, choice in zip(targets, choices, strict=True):
             if choice is None:
                 log.info("sub_operation_no_context", sop_instance_uid=target.sop_instance_uid)
-            jobs.append(None if choice is None else (target, *choice))
+            jobs.append(None if choice is None else (target, choice[1]))
         read = await asyncio.to_thread(_read_run, self._files, jobs)
         loaded: list[_Loaded | None] = []
-        for target, job, source in zip(targets, jobs, read, strict=True):
+        for target, choice, source in zip(targets, choices, read, strict=True):
             if isinstance(source, Exception):
                 log.warning(
                     "sub_operation_unreadable",
                     sop_instance_uid=target.sop_instance_uid,
                     error=str(source),
                 )
-            loaded.append(
-                None
-                if job is None or source is None or isinstance(source, Exception)
-                else (job[1], source)
-            )
+            if choice is None or isinstance(source, Exception):
+                loaded.append(None)
+            else:
+                loaded.append((choice[0], source))
         return loaded
 
     async def _sub_operation(
@@ -647,16 +648,17 @@ def _run_end(targets: Sequence[Target], start: int) -> int:
 
 
 def _read_run(
-    files: FileStore, jobs: Sequence[tuple[Target, AcceptedContext, str | None] | None]
+    files: FileStore, jobs: Sequence[tuple[Target, str | None] | None]
 ) -> list[DatasetSource | Exception]:
-    """(worker thread) Each job's data set: read as stored, or converted to the context's syntax;
-    the error instead where its file cannot be read or converted (that sub-operation fails)."""
+    """(worker thread) Each job's data set: read as stored (syntax None), or converted to the
+    syntax given; the error instead where its file cannot be read or converted (that
+    sub-operation fails). None where the job is None (no context took the instance)."""
     read: list[DatasetSource | Exception] = []
     for job in jobs:
         if job is None:
             read.append(None)
             continue
-        target, _context, convert_to = job
+        target, convert_to = job
         path = files.path(target.relpath)
         try:
             if convert_to is None:
