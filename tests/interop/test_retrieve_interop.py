@@ -453,22 +453,37 @@ async def test_dicomd_serve_moves_to_a_destination_from_the_environment(tmp_path
     assert got == by_uid(files)
 
 
-def _pynetdicom_move(
-    port: int, destination: str, identifier: Dataset
-) -> list[tuple[int, Any, Dataset | None]]:
-    """Each response's status code, its status dataset and its identifier (if any)."""
+def _move_association(port: int, *, dimse_timeout: float = 30) -> Any:
+    """A pynetdicom association to dicomd for Study Root C-MOVE (calling AE title PYMOVE)."""
     from pynetdicom import AE
 
     ae = AE(ae_title="PYMOVE")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.network_timeout = 30
+    ae.dimse_timeout = dimse_timeout
     ae.add_requested_context(STUDY_ROOT_MOVE)
     assoc = ae.associate("127.0.0.1", port, ae_title="DICOMD")
     assert assoc.is_established
+    return assoc
+
+
+def _move_responses(
+    assoc: Any, destination: str, identifier: Dataset
+) -> list[tuple[int, Any, Dataset | None]]:
+    """C-MOVE (Message ID 1) on `assoc`: each response's status code, its status dataset and its
+    identifier (if any)."""
+    return [
+        (int(s.Status), s, ident)
+        for s, ident in assoc.send_c_move(identifier, destination, STUDY_ROOT_MOVE, msg_id=1)
+    ]
+
+
+def _pynetdicom_move(
+    port: int, destination: str, identifier: Dataset
+) -> list[tuple[int, Any, Dataset | None]]:
+    """_move_responses() on an association of its own."""
+    assoc = _move_association(port)
     try:
-        return [
-            (int(s.Status), s, ident)
-            for s, ident in assoc.send_c_move(identifier, destination, STUDY_ROOT_MOVE)
-        ]
+        return _move_responses(assoc, destination, identifier)
     finally:
         assoc.release()
 
@@ -673,7 +688,6 @@ async def test_a_move_cancelled_between_its_two_sub_associations(
     """A C-CANCEL that arrives after a half-sent file aborted the sub-association, and before
     the next one is opened: no new association is made, and the move ends in FE00 with the
     three unsent instances as remaining, the two sent as completed and the damaged one failed."""
-    from pynetdicom import AE
 
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     lost = str(uids(files[2]).SOPInstanceUID)
@@ -693,11 +707,7 @@ async def test_a_move_cancelled_between_its_two_sub_associations(
     monkeypatch.setattr(retrieve.RetrieveService, "_run", run_then_wait_for_the_cancel)
 
     def move_and_cancel(port: int) -> list[tuple[int, Any, Dataset | None]]:
-        ae = AE(ae_title="PYMOVE")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(STUDY_ROOT_MOVE)
-        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMD")
-        assert assoc.is_established
+        assoc = _move_association(port)
         context_id = assoc.accepted_contexts[0].context_id
 
         def cancel_once_aborted() -> None:
@@ -707,10 +717,7 @@ async def test_a_move_cancelled_between_its_two_sub_associations(
         canceller = threading.Thread(target=cancel_once_aborted, daemon=True)
         canceller.start()
         try:
-            return [
-                (int(s.Status), s, ident)
-                for s, ident in assoc.send_c_move(identifier, "PYDEST", STUDY_ROOT_MOVE, msg_id=1)
-            ]
+            return _move_responses(assoc, "PYDEST", identifier)
         finally:
             canceller.join(10)
             assoc.release()
@@ -737,7 +744,6 @@ async def test_a_move_cancelled_mid_file_aborts_its_sub_association(
 ) -> None:
     """The originator aborts its C-MOVE while a file is half-way to the destination: the
     sub-association ends in an A-ABORT, not an A-RELEASE-RQ after half a message."""
-    from pynetdicom import AE
 
     monkeypatch.setattr(retrieve, "PRELOAD", 0)
     monkeypatch.setattr(channel, "FILE_CHUNK", 1000)
@@ -765,12 +771,8 @@ async def test_a_move_cancelled_mid_file_aborts_its_sub_association(
     identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
 
     def move_and_abort(port: int) -> None:
-        ae = AE(ae_title="PYMOVE")
-        ae.acse_timeout = ae.network_timeout = 30
-        ae.dimse_timeout = 2  # how long its C-MOVE waits on, once aborted
-        ae.add_requested_context(STUDY_ROOT_MOVE)
-        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMD")
-        assert assoc.is_established
+        # dimse_timeout: how long its C-MOVE waits on, once aborted.
+        assoc = _move_association(port, dimse_timeout=2)
         moving = threading.Thread(
             daemon=True,
             target=lambda: list(assoc.send_c_move(identifier, "PYDEST", STUDY_ROOT_MOVE)),
