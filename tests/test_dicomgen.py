@@ -180,7 +180,7 @@ def test_bulk_data_has_at_least_the_asked_size(tmp_path: Path, size: int) -> Non
 def _meta_end(data: bytes) -> int:
     """End of the File Meta group from its group length (0002,0000), read independently."""
     assert data[128:132] == b"DICM" and data[132:138] == b"\x02\x00\x00\x00UL"
-    (group_length,) = struct.unpack_from("<L", data, 140)
+    group_length: int = struct.unpack_from("<L", data, 140)[0]
     return 144 + group_length
 
 

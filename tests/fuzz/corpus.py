@@ -20,6 +20,7 @@ import random
 import struct
 import zlib
 from collections.abc import Callable
+from typing import Literal
 
 from hypothesis import strategies as st
 
@@ -284,7 +285,7 @@ def mutate_bytes(data: bytes, choose: Callable[[int, int], int], n: int) -> byte
     return bytes(out)
 
 
-def choose_order(choose: Callable[[int, int], int]) -> str:
+def choose_order(choose: Callable[[int, int], int]) -> Literal["big", "little"]:
     return "big" if choose(0, 1) else "little"
 
 

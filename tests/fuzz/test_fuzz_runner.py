@@ -29,7 +29,7 @@ import os
 import random
 import socket
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -49,8 +49,9 @@ from dicomd.config import Config
 from dicomd.dimse import status
 from dicomd.dimse.messages import CEchoRSP, CStoreRQ, CStoreRSP, decode_command
 from dicomd.net.association import AcceptorAssociation
-from dicomd.net.requestor import ProposedContext, RequestorAssociation
+from dicomd.net.requestor import RequestorAssociation
 from dicomd.storage.index import QUERY_CONNECTIONS
+from dicomd.ul.negotiation import ProposedContext
 from dicomd.ul.pdu import (
     PDU,
     Abort,
@@ -67,7 +68,7 @@ from tests.reliability.peers import spools
 # Short timers: a session the fuzzer leaves hanging is cut off quickly, and a test never waits long.
 # (dimse_timeout also bounds how long A-RELEASE waits for an operation in progress, e.g. a C-GET
 # whose C-STORE sub-operation the fuzzer never answers.)
-TIMERS = {"artim_timeout": 1.0, "idle_timeout": 3.0, "dimse_timeout": 0.5}
+TIMERS: dict[str, Any] = {"artim_timeout": 1.0, "idle_timeout": 3.0, "dimse_timeout": 0.5}
 SESSION_BOUND = 15.0
 CONTROL_INSTANCE = "1.2.826.0.1.3680043.8.498.1.424242"
 CONTROL = b"".join(
@@ -139,7 +140,7 @@ class Harness:
     async def fuzz_and_control(self, stream: bytes, chunk: int) -> tuple[bytes, bytes]:
         return await asyncio.gather(self.session(stream, chunk), self.session(CONTROL, 1 << 16))
 
-    def run(self, stream: bytes, chunk: int) -> tuple[list[PDU], list[dict[str, Any]]]:
+    def run(self, stream: bytes, chunk: int) -> tuple[list[PDU], list[MutableMapping[str, Any]]]:
         # format_exc_info: a handler failure's traceback lands in the failing example's message.
         with structlog.testing.capture_logs([structlog.processors.format_exc_info]) as logs:
             fuzzed, control = self.loop.run(self.fuzz_and_control(stream, chunk))
@@ -152,11 +153,13 @@ def check_control(pdus: list[PDU]) -> None:
     assert isinstance(pdus[0], AssociateAC), pdus
     responses = [decode_command(p.pdvs[0].data) for p in pdus if isinstance(p, PDataTF)]
     assert [type(r) for r in responses] == [CEchoRSP, CStoreRSP], responses
-    assert all(r.status == status.SUCCESS for r in responses), responses
+    echo, store = responses
+    assert isinstance(echo, CEchoRSP) and isinstance(store, CStoreRSP)  # for the type checker
+    assert echo.status == store.status == status.SUCCESS, responses
     assert isinstance(pdus[-1], ReleaseRP)
 
 
-def handler_failures(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def handler_failures(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if (e["event"] in _FAILURES or e["log_level"] == "error")]
 
 

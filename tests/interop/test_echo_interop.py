@@ -135,7 +135,7 @@ async def test_dicomd_echo_cli_fails_on_rejection_and_on_no_server(tmp_path: Pat
 
 def _pynetdicom_echo(port: int) -> int:
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
     ae = AE(ae_title="PYNETDICOM")
     ae.add_requested_context(Verification)
@@ -156,12 +156,13 @@ async def test_pynetdicom_scu_against_dicomd() -> None:
 
 async def test_dicomd_requestor_against_pynetdicom_scp() -> None:
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
     ae = AE(ae_title="PYNETSCP")
     ae.add_supported_context(Verification)
     port = free_port()
     scp = ae.start_server(("127.0.0.1", port), block=False)
+    assert scp is not None  # block=False: the server, running
     try:
         result = await echo(
             "127.0.0.1",

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from dicomd.app import Runtime
 from dicomd.net.server import DicomServer
@@ -211,7 +211,9 @@ async def findscu(
     code, out = await run_tool(*argv, timeout=60)
     assert code == 0, out
     paths = await asyncio.to_thread(lambda: sorted(out_dir.glob("rsp*.dcm")))
-    responses = [await asyncio.to_thread(pydicom.dcmread, p, force=True) for p in paths]
+    responses: list[Dataset] = [
+        await asyncio.to_thread(pydicom.dcmread, p, force=True) for p in paths
+    ]
     return out, responses
 
 
@@ -364,7 +366,7 @@ def write_query(path: Path, model: str, charset: str | None, **attrs: Any) -> Pa
         setattr(ds, k, v)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = model
+    ds.file_meta.MediaStorageSOPClassUID = UID(model)
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     dcmwrite(path, ds, enforce_file_format=True)
     return path
@@ -496,7 +498,7 @@ def _find(
         item.sop_class_uid = model
         item.service_class_application_information = b"\x01"
         ext.append(item)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMD", ext_neg=ext)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMD", ext_neg=[*ext])
     assert assoc.is_established
     identifiers: list[Dataset] = []
     statuses: list[int] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import threading
 import time
@@ -18,7 +19,6 @@ import pydicom
 import pytest
 import structlog
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -109,7 +109,7 @@ def _get_association(port: int, model: str, on_store: Callable[[Any], int]) -> A
         "127.0.0.1",
         port,
         ae_title="DICOMD",
-        ext_neg=roles,
+        ext_neg=[*roles],  # a list display: mypy checks it against the parameter type
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
     )
     assert assoc.is_established
@@ -344,7 +344,7 @@ def test_a_file_to_convert_is_checked_against_its_indexed_size(tmp_path: Path) -
     (path,) = make_study(tmp_path, n_series=1, per_series=1)  # Implicit VR Little Endian
     size = path.stat().st_size
     converted = retrieve._convert(path, size, ImplicitVRLittleEndian, ExplicitVRLittleEndian)
-    back = read_dataset(DicomBytesIO(converted), is_implicit_VR=False, is_little_endian=True)
+    back = read_dataset(io.BytesIO(converted), is_implicit_VR=False, is_little_endian=True)
     assert back == pydicom.dcmread(path)
     with pytest.raises(OSError, match="the index says"):
         retrieve._convert(path, size + 2, ImplicitVRLittleEndian, ExplicitVRLittleEndian)
@@ -495,7 +495,6 @@ class _Destination:
 
     def __init__(self, *, only_one: bool = False) -> None:
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
         self.received: dict[str, bytes] = {}
         self.originators: set[tuple[str, int]] = set()
@@ -505,10 +504,10 @@ class _Destination:
         self.lock = threading.Lock()
         self._only_one = only_one
         self.ae = ae = AE(ae_title="PYDEST")
-        for sop in (CTImageStorage, MRImageStorage):
+        for sop in (CT, MR):
             ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.port = free_port()
-        self.server = ae.start_server(
+        server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
             evt_handlers=[
@@ -517,6 +516,8 @@ class _Destination:
                 (evt.EVT_ESTABLISHED, self._on_established),
             ],
         )
+        assert server is not None  # block=False: the server, running
+        self.server = server
 
     def _on_established(self, _event: Any) -> None:
         with self.lock:

@@ -74,7 +74,7 @@ async def _tls_server(config: Any) -> Any:
 
 def _pynetdicom_tls_echo(port: int, pki: dict[str, Path], *, client_cert: bool) -> int:
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca_crt"]))
     if client_cert:
@@ -127,9 +127,13 @@ async def test_tls_listener_with_dcmtk_echoscu(pki: dict[str, Path]) -> None:
 
 
 async def test_move_to_a_tls_destination(pki: dict[str, Path], tmp_path: Path) -> None:
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import (
+        CTImageStorage,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        MRImageStorage,
+    )
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
     from tests.interop.test_retrieve_interop import _identifier, _pynetdicom_move, make_study, uids
     from tests.interop.test_store_interop import _pynetdicom_store
@@ -151,6 +155,7 @@ async def test_move_to_a_tls_destination(pki: dict[str, Path], tmp_path: Path) -
         ("127.0.0.1", dest_port), block=False, ssl_context=server_side,
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
     )  # fmt: skip
+    assert dest is not None  # block=False: the server, running
     try:
         files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=1, per_series=2)
         config = replace(

@@ -166,7 +166,7 @@ def test_response_round_trip(
     ds = query_ds(charset, PatientName="", StudyInstanceUID="")
     query = parse_identifier(ds, MODELS[STUDY_ROOT], relational=True, combined_datetime=False)
     plan = build_plan(query, pn_case_insensitive=True)
-    row = [None] * 8
+    row: list[str | None] = [None] * 8
     by_tag = {o.key.tag: o.index for o in plan.outputs}
     row[by_tag[0x00100010]] = stored
     row[by_tag[0x0020000D]] = "1.2.3"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -165,7 +165,7 @@ def test_sql_metacharacters_are_literal(
     ],
 )
 def test_injection_attempts_stay_parameters(names: sqlite3.Connection, attack: str) -> None:
-    builders = [
+    builders: list[Callable[[str], Any]] = [
         lambda v: text_condition("p.patient_id", v),
         lambda v: text_condition("p.other_patient_ids", v, multi=True),
         lambda v: pn_condition("p.patient_name", v),

@@ -24,6 +24,7 @@ import os
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -37,7 +38,7 @@ from tests.conftest import dcmtk_env, make_config, require_tool, run_runtime
 from tests.fuzz import corpus
 from tests.reliability.peers import BIG, associate, non_reader, send_store
 
-TIMERS = {"artim_timeout": 1.0, "idle_timeout": 2.0, "dimse_timeout": 1.0}
+TIMERS: dict[str, Any] = {"artim_timeout": 1.0, "idle_timeout": 2.0, "dimse_timeout": 1.0}
 IDLE, DRIP, NON_READERS = 400, 100, 4
 SLACK = 3.0  # seconds beyond a timer that a cut-off may take on a loaded 2-core machine
 

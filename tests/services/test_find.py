@@ -117,11 +117,11 @@ class FindClient:
         cid = self.contexts[model]
         data = ds if isinstance(ds, bytes) else encode(ds, self.ts)
         command = encode_command(CFindRQ(self._message_id, model))
-        for pdu in [
+        for request_pdu in [
             *fragment(cid, command, is_command=True, max_pdu_length=16384),
             *fragment(cid, data, is_command=False, max_pdu_length=16384),
         ]:
-            await self.peer.send(pdu)
+            await self.peer.send(request_pdu)
         assembler = MessageAssembler()
         result = Result([], [], CFindRSP(0, None, 0, False))
         current: CFindRSP | None = None

@@ -300,8 +300,8 @@ async def test_disk_full_is_a700_and_storing_resumes(tmp_path: Path) -> None:
                     acked[uid] = data
             assert status.OUT_OF_RESOURCES in statuses, statuses
             assert acked, "some instances should fit"
-            for uid, data in acked.items():
-                row = await runtime.index.get(uid)
+            for acked_uid, data in acked.items():
+                row = await runtime.index.get(acked_uid)
                 assert row is not None
                 assert runtime.files.path(row.relpath).read_bytes().endswith(data)
             assert spools(config.storage.root) == []

@@ -365,7 +365,12 @@ def test_fan_out_is_created_once_when_the_store_is_new(
 ) -> None:
     synced: list[Path] = []
     real_fsync_dir = files_module._fsync_dir
-    monkeypatch.setattr(files_module, "_fsync_dir", lambda p: (synced.append(p), real_fsync_dir(p)))
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(path)
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(files_module, "_fsync_dir", fsync_dir)
     FileStore(tmp_path)
     objects = tmp_path / "objects"
     assert sorted(p.name for p in objects.iterdir()) == [f"{i:03x}" for i in range(4096)]

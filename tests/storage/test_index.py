@@ -98,7 +98,7 @@ def scalar(conn: sqlite3.Connection, sql: str, *args: Any) -> Any:
 
 def table_counts(path: Path) -> tuple[int, int, int, int]:
     with oracle(path) as conn:
-        return tuple(  # type: ignore[return-value]
+        return tuple(
             scalar(conn, f"SELECT count(*) FROM {table}")
             for table in ("patient", "study", "series", "instance")
         )
