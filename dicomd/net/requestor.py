@@ -131,6 +131,12 @@ class RequestorAssociation:
 
     # -- DIMSE -----------------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """The association is over (released, aborted by either side, or its connection lost):
+        it can carry no more messages."""
+        return self._channel.connection.closed
+
     def next_message_id(self) -> int:
         self._message_ids = self._message_ids % 0xFFFF + 1
         return self._message_ids

@@ -97,6 +97,10 @@ class Outbound(Protocol):
 
     def next_message_id(self) -> int: ...
 
+    @property
+    def closed(self) -> bool:
+        """The association is over (the peer aborted it, or the connection was lost)."""
+
     async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
         """Send a request and return the peer's response."""
 

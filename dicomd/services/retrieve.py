@@ -111,6 +111,9 @@ class _Sender(Protocol):
 
     def next_message_id(self) -> int: ...
 
+    @property
+    def closed(self) -> bool: ...
+
     async def request(
         self, context_id: int, message: Message, dataset: DatasetSource
     ) -> Message: ...
@@ -345,6 +348,17 @@ class RetrieveService:
                         )
                         raise
                 counts.add(outcome, target.sop_instance_uid)
+                if outcome == "failed" and counts.remaining and sender.closed:
+                    # The destination ended the sub-association itself (A-ABORT, or the
+                    # connection dropped): what is left fails at once, without reading it or
+                    # a log line each. No new association: that was the destination's choice.
+                    log.warning(
+                        "sub_association_lost",
+                        sop_instance_uid=target.sop_instance_uid,
+                        failed=counts.remaining,
+                    )
+                    counts.fail_rest(targets[i + 1 :])
+                    break
                 if counts.remaining and clock() - last_response >= interval:
                     # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
                     # They are optional; sent at most every pending_interval seconds.
@@ -542,6 +556,11 @@ class _GetSender:
 
     def next_message_id(self) -> int:
         return self._responder.next_message_id()
+
+    @property
+    def closed(self) -> bool:
+        # The SCU's own association: when it ends, the runner stops this retrieve with it.
+        return False
 
     async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
         return await self._responder.request(context_id, message, dataset)

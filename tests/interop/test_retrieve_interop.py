@@ -493,7 +493,7 @@ class _Destination:
     `only_one`, once an association is established it rejects every new one (A-ASSOCIATE-RJ,
     calling AE title not recognised)."""
 
-    def __init__(self, *, only_one: bool = False) -> None:
+    def __init__(self, *, only_one: bool = False, abort_at: int | None = None) -> None:
         from pynetdicom import AE, evt
 
         self.received: dict[str, bytes] = {}
@@ -503,6 +503,8 @@ class _Destination:
         self.aborted = threading.Event()
         self.lock = threading.Lock()
         self._only_one = only_one
+        self._abort_at = abort_at
+        self.stores = 0  # C-STORE requests seen
         self.ae = ae = AE(ae_title="PYDEST")
         for sop in (CT, MR):
             ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -533,6 +535,10 @@ class _Destination:
     def _on_store(self, event: Any) -> int:
         rq = event.request
         with self.lock:
+            self.stores += 1
+            if self.stores == self._abort_at:
+                event.assoc.abort()
+                return 0xA700  # not sent: the association is gone
             self.received[str(rq.AffectedSOPInstanceUID)] = rq.DataSet.getvalue()
             self.originators.add(
                 (str(rq.MoveOriginatorApplicationEntityTitle), int(rq.MoveOriginatorMessageID))
@@ -832,6 +838,45 @@ async def test_a_file_failing_mid_stream_aborts_the_c_get_association(
     # Said before the association went: the instance, and how many of the C-GET were not sent.
     (said,) = [e for e in logs if e["event"] == "sub_operations_abandoned"]
     assert (said["sop_instance_uid"], said["failed"]) == (lost, 4)
+
+
+async def test_a_destination_that_aborts_mid_move(tmp_path: Path) -> None:
+    from tests.interop.test_echo_interop import _pynetdicom_echo
+
+    """The destination aborts its association on the third of six C-STOREs: that one and the
+    three after it fail at once, without a new association (the destination ended that one
+    itself), and the move ends in B000 with their UIDs; dicomd goes on serving."""
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    dest = await asyncio.to_thread(partial(_Destination, abort_at=3))
+    try:
+        config = _with_remote(make_config(), "PYDEST", dest.port)
+        async with run_runtime(config) as (server, _runtime):
+            await asyncio.to_thread(_pynetdicom_store, server.port, files)
+            with structlog.testing.capture_logs() as logs:
+                responses = await asyncio.to_thread(
+                    _pynetdicom_move, server.port, "PYDEST", identifier
+                )
+            code, final, failed = responses[-1]
+            assert await asyncio.to_thread(_pynetdicom_echo, server.port) == status.SUCCESS
+        assert code == status.SUBOPS_WARNING
+        assert final.NumberOfCompletedSuboperations == 2
+        assert final.NumberOfFailedSuboperations == 4
+        assert failed is not None
+        assert sorted(failed.FailedSOPInstanceUIDList) == sorted(by_uid(files[2:]))
+        assert dest.received == by_uid(files[:2])
+        assert (dest.associations, dest.stores) == (1, 3)
+        # The third's failure, then one line for the three after it, not one each.
+        failure, lost = [e for e in logs if e["event"].startswith("sub_")]
+        assert failure["event"] == "sub_operation_failed"
+        assert (lost["event"], lost["failed"]) == ("sub_association_lost", 3)
+        assert (
+            failure["sop_instance_uid"]
+            == lost["sop_instance_uid"]
+            == str(uids(files[2]).SOPInstanceUID)
+        )
+    finally:
+        await asyncio.to_thread(dest.close)
 
 
 async def test_move_unknown_destination_and_destination_down(tmp_path: Path) -> None:
