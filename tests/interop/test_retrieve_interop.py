@@ -655,6 +655,21 @@ async def test_a_streamed_file_that_fails_to_read_during_a_move(
         await asyncio.to_thread(dest.close)
 
 
+def _assert_first_two_arrived_and_the_rest_failed(
+    final_response: tuple[int, Any, Dataset | None], dest: _Destination, files: list[Path]
+) -> None:
+    """A move's final response (status, response, identifier) is B000 with the first two of
+    `files` completed and the rest failed, in its Failed SOP Instance UID List; `dest` holds
+    exactly the first two."""
+    code, final, failed = final_response
+    assert code == status.SUBOPS_WARNING
+    assert final.NumberOfCompletedSuboperations == 2
+    assert final.NumberOfFailedSuboperations == len(files) - 2
+    assert failed is not None
+    assert sorted(failed.FailedSOPInstanceUIDList) == sorted(by_uid(files[2:]))
+    assert dest.received == by_uid(files[:2])
+
+
 async def test_a_destination_that_refuses_the_new_association_fails_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -672,13 +687,7 @@ async def test_a_destination_that_refuses_the_new_association_fails_the_rest(
                     _pynetdicom_move, server.port, "PYDEST", identifier
                 )
             assert await asyncio.to_thread(dest.aborted.wait, 10)
-        code, final, failed = responses[-1]
-        assert code == status.SUBOPS_WARNING
-        assert final.NumberOfCompletedSuboperations == 2
-        assert final.NumberOfFailedSuboperations == 4
-        assert failed is not None
-        assert sorted(failed.FailedSOPInstanceUIDList) == sorted(by_uid(files[2:]))
-        assert dest.received == by_uid(files[:2])
+        _assert_first_two_arrived_and_the_rest_failed(responses[-1], dest, files)
         assert (dest.aborts, dest.associations) == (1, 1)
         assert [e["event"] for e in logs if e["event"].startswith(("sub_a", "c_move_d"))] == [
             "sub_association_aborted",
@@ -857,14 +866,8 @@ async def test_a_destination_that_aborts_mid_move(tmp_path: Path) -> None:
                 responses = await asyncio.to_thread(
                     _pynetdicom_move, server.port, "PYDEST", identifier
                 )
-            code, final, failed = responses[-1]
             assert await asyncio.to_thread(_pynetdicom_echo, server.port) == status.SUCCESS
-        assert code == status.SUBOPS_WARNING
-        assert final.NumberOfCompletedSuboperations == 2
-        assert final.NumberOfFailedSuboperations == 4
-        assert failed is not None
-        assert sorted(failed.FailedSOPInstanceUIDList) == sorted(by_uid(files[2:]))
-        assert dest.received == by_uid(files[:2])
+        _assert_first_two_arrived_and_the_rest_failed(responses[-1], dest, files)
         assert (dest.associations, dest.stores) == (1, 3)
         # The third's failure, then one line for the three after it, not one each.
         failure, lost = [e for e in logs if e["event"].startswith("sub_")]
