@@ -82,11 +82,14 @@ def make_config(
     root: Path | None = None, storage: dict[str, Any] | None = None, **server: Any
 ) -> Config:
     """A test configuration: loopback, port 0, data under `root` (by default a fresh directory in
-    the test's tmp_path, or in the system's temp directory outside a test)."""
+    the test's tmp_path; a fixture wider than a test must give its own, from tmp_path_factory)."""
     server.setdefault("host", "127.0.0.1")
     server.setdefault("port", 0)
     server.setdefault("uvloop", False)
-    root = root or Path(tempfile.mkdtemp(prefix="dicomd-test-", dir=_test_dir))
+    if root is None:
+        # Outside a test this would be the system's temp directory, which nobody cleans.
+        assert _test_dir is not None, "make_config() outside a test needs a root"
+        root = Path(tempfile.mkdtemp(prefix="dicomd-test-", dir=_test_dir))
     return replace(
         Config(),
         server=replace(ServerConfig(), **server),

@@ -14,7 +14,7 @@ from types import TracebackType
 
 from dicomd.dimse.fragments import CommandReceived, MessageAssembler
 from dicomd.dimse.messages import CEchoRQ, CEchoRSP, Message, has_dataset
-from dicomd.net.channel import Channel, set_nodelay
+from dicomd.net.channel import Channel, IdleTimeout, set_nodelay
 from dicomd.services.base import DatasetSource
 from dicomd.ul.codes import ContextResult
 from dicomd.ul.connection import (
@@ -151,14 +151,22 @@ class RequestorAssociation:
         await self._channel.send_message(context_id, message, dataset)
 
     async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
-        """Send a request and return its response (one outstanding operation at a time)."""
+        """Send a request and return its response (one outstanding operation at a time).
+
+        A response that does not come within the timeout, or a message that is not it, ends the
+        association (A-ABORT) before the error is raised: without an asynchronous operations
+        window (PS3.7 D.3.3.3) the peer's late answer would be taken for the next request's."""
         await self.send(context_id, message, dataset)
         message_id = getattr(message, "message_id", None)
-        while True:
+        try:
             _cid, response, _ds = await self.receive()
-            if getattr(response, "message_id_being_responded_to", None) == message_id:
-                return response
+        except IdleTimeout:
+            await self.abort()
+            raise AssociationError("no response within the DIMSE timeout") from None
+        if getattr(response, "message_id_being_responded_to", None) != message_id:
+            await self.abort()
             raise AssociationError(f"unexpected message while waiting for a response: {response}")
+        return response
 
     async def receive(self) -> tuple[int, Message, bytes | None]:
         """The next whole DIMSE message from the peer (its dataset, if any, in memory)."""

@@ -172,8 +172,9 @@ def only_failures(_logger: Any, method_name: str, event_dict: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def harness() -> Iterator[Harness]:
-    config = make_config(**TIMERS)
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    # Module scope: no test's tmp_path yet, so make_config() is given one that pytest removes.
+    config = make_config(tmp_path_factory.mktemp("harness"), **TIMERS)
     with asyncio.Runner() as loop:
         runtime = loop.run(open_runtime(config))
         try:

@@ -493,7 +493,14 @@ class _Destination:
     `only_one`, once an association is established it rejects every new one (A-ASSOCIATE-RJ,
     calling AE title not recognised)."""
 
-    def __init__(self, *, only_one: bool = False, abort_at: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        only_one: bool = False,
+        abort_at: int | None = None,
+        stall_at: int | None = None,
+        stall: float = 0.0,
+    ) -> None:
         from pynetdicom import AE, evt
 
         self.received: dict[str, bytes] = {}
@@ -504,6 +511,8 @@ class _Destination:
         self.lock = threading.Lock()
         self._only_one = only_one
         self._abort_at = abort_at
+        self._stall_at = stall_at  # this C-STORE is answered after `stall` seconds
+        self._stall = stall
         self.stores = 0  # C-STORE requests seen
         self.ae = ae = AE(ae_title="PYDEST")
         for sop in (CT, MR):
@@ -539,6 +548,10 @@ class _Destination:
             if self.stores == self._abort_at:
                 event.assoc.abort()
                 return 0xA700  # not sent: the association is gone
+            stall = self.stores == self._stall_at
+        if stall:
+            time.sleep(self._stall)
+        with self.lock:
             self.received[str(rq.AffectedSOPInstanceUID)] = rq.DataSet.getvalue()
             self.originators.add(
                 (str(rq.MoveOriginatorApplicationEntityTitle), int(rq.MoveOriginatorMessageID))
@@ -878,6 +891,34 @@ async def test_a_destination_that_aborts_mid_move(tmp_path: Path) -> None:
             == lost["sop_instance_uid"]
             == str(uids(files[2]).SOPInstanceUID)
         )
+    finally:
+        await asyncio.to_thread(dest.close)
+
+
+async def test_a_destination_that_does_not_answer_in_time(tmp_path: Path) -> None:
+    """The destination takes 4 s to answer the third of six C-STOREs, past the 1 s DIMSE
+    timeout. dicomd aborts the sub-association at the timeout: a late answer must not be taken
+    for the next request's. The third and the three not sent fail; the move ends well before
+    the late answer would have come."""
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    dest = await asyncio.to_thread(partial(_Destination, stall_at=3, stall=4.0))
+    try:
+        config = _with_remote(make_config(dimse_timeout=1.0), "PYDEST", dest.port)
+        async with run_runtime(config) as (server, _runtime):
+            await asyncio.to_thread(_pynetdicom_store, server.port, files)
+            started = time.monotonic()
+            responses = await asyncio.to_thread(_pynetdicom_move, server.port, "PYDEST", identifier)
+            took = time.monotonic() - started
+            assert await asyncio.to_thread(dest.aborted.wait, 10)
+        code, final, failed = responses[-1]
+        assert code == status.SUBOPS_WARNING
+        assert final.NumberOfCompletedSuboperations == 2
+        assert final.NumberOfFailedSuboperations == 4
+        assert failed is not None
+        assert sorted(failed.FailedSOPInstanceUIDList) == sorted(by_uid(files[2:]))
+        assert (dest.stores, dest.aborts) == (3, 1)  # the last three were never sent
+        assert took < 3.5, took
     finally:
         await asyncio.to_thread(dest.close)
 
