@@ -198,13 +198,10 @@ class RequestorAssociation:
         ctx = self.context_for(VERIFICATION)
         if ctx is None:
             raise AssociationError("the peer did not accept the Verification SOP Class")
-        message_id = self.next_message_id()
-        await self.send(ctx.context_id, CEchoRQ(message_id, VERIFICATION))
-        _cid, response, _ds = await self.receive()
-        if (
-            not isinstance(response, CEchoRSP)
-            or response.message_id_being_responded_to != message_id
-        ):
+        response = await self.request(
+            ctx.context_id, CEchoRQ(self.next_message_id(), VERIFICATION), None
+        )
+        if not isinstance(response, CEchoRSP):
             raise AssociationError(f"unexpected response to C-ECHO: {response}")
         return response.status
 

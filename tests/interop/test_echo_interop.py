@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -147,6 +148,38 @@ def _pynetdicom_echo(port: int) -> int:
         return int(result.Status)
     finally:
         assoc.release()
+
+
+async def test_dicomd_echo_cli_fails_cleanly_when_the_answer_is_late() -> None:
+    """A pynetdicom SCP that answers the C-ECHO after 4 s, past `--timeout 1`: exit 1 with the
+    reason on one line, not a traceback."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
+
+    answered = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def late(_event: object) -> int:
+        time.sleep(4)
+        loop.call_soon_threadsafe(answered.set)
+        return 0x0000
+
+    ae = AE(ae_title="SLOWSCP")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_ECHO, late)])
+    assert scp is not None  # block=False: the server, running
+    try:
+        code, out = await run_tool(
+            sys.executable, "-m", "dicomd.cli", "echo", "--timeout", "1", "--aec", "SLOWSCP",
+            "127.0.0.1", str(port),
+        )  # fmt: skip
+        assert code == 1, out
+        assert "no response within the DIMSE timeout" in out
+        assert "Traceback" not in out
+        assert not answered.is_set()  # it gave up before the answer
+    finally:
+        await asyncio.to_thread(scp.shutdown)
 
 
 async def test_pynetdicom_scu_against_dicomd() -> None:
