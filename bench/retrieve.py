@@ -297,19 +297,7 @@ def run_rounds(
     jobs = [
         (
             (one.server.key, scenario.key),
-            partial(
-                run_one,
-                one.server,
-                peers,
-                studies,
-                scenario,
-                one.proc,
-                one.port,
-                one.workdir,
-                one.inbox,
-                one.dests,
-                args,
-            ),
+            partial(run_one, one, peers, studies, scenario, args),
         )
         for one in live
         for scenario in scenarios
@@ -321,48 +309,45 @@ def run_rounds(
 
 
 def run_one(
-    server: QRServer,
+    one: Live,
     peers: Peers,
     studies: dict[str, Study],
     scenario: Scenario,
-    proc: subprocess.Popen[bytes],
-    port: int,
-    workdir: Path,
-    inbox: Path,
-    dests: list[Destination],
     args: argparse.Namespace,
     attempt: int,
 ) -> Run:
     chosen = [studies[key] for key in scenario.studies]
-    run = Run(server.key, server.label)
+    run = Run(one.server.key, one.server.label)
     run.instances = sum(len(s.files) for s in chosen)
     run.bytes = sum(s.bytes for s in chosen)
     targets: list[Path] = []
     argvs: list[list[str]] = []
     for i, study in enumerate(chosen):
         if scenario.get:
-            target = inbox / f"get-{attempt}-{i + 1}"
+            target = one.inbox / f"get-{attempt}-{i + 1}"
             target.mkdir()
-            argvs.append(retrieve_argv(peers, server, port, study, target, args.pdu))
+            argvs.append(retrieve_argv(peers, one.server, one.port, study, target, args.pdu))
         else:
-            target = inbox / f"dest{i + 1}"
+            target = one.inbox / f"dest{i + 1}"
             for old in target.iterdir():
                 old.unlink()
-            argvs.append(retrieve_argv(peers, server, port, study, dests[i].ae_title, args.pdu))
+            argvs.append(
+                retrieve_argv(peers, one.server, one.port, study, one.dests[i].ae_title, args.pdu)
+            )
         targets.append(target)
-    logs = [workdir / f"{scenario.key}-{attempt}-{i + 1}.log" for i in range(len(chosen))]
+    logs = [one.workdir / f"{scenario.key}-{attempt}-{i + 1}.log" for i in range(len(chosen))]
     try:
-        cpu_before = cpu_seconds(proc.pid)
+        cpu_before = cpu_seconds(one.proc.pid)
         machine_before = common.machine_ticks()
-        with Monitor(proc.pid) as monitor:
+        with Monitor(one.proc.pid) as monitor:
             try:
                 run.client_walls_s = run_clients(argvs, logs, args.timeout)
             except BenchError as e:
-                if proc.poll() is not None:
-                    raise BenchError(f"server exited with {proc.returncode}; {e}") from e
+                if one.proc.poll() is not None:
+                    raise BenchError(f"server exited with {one.proc.returncode}; {e}") from e
                 raise
             finally:
-                run.cpu_s = cpu_seconds(proc.pid) - cpu_before
+                run.cpu_s = cpu_seconds(one.proc.pid) - cpu_before
                 run.machine_busy = common.busy_share(machine_before, common.machine_ticks())
         run.peak_rss_mb = monitor.peak_rss_bytes / MB
         run.wall_s = max(run.client_walls_s)
@@ -373,7 +358,7 @@ def run_one(
             run.identical += identical
         if run.received != run.instances:
             raise BenchError(f"received {run.received} of {run.instances} instances")
-        if server.key == "dicomd" and run.identical != run.compared:
+        if one.server.key == "dicomd" and run.identical != run.compared:
             raise BenchError(
                 f"only {run.identical} of {run.compared} sampled data sets byte-identical"
             )
