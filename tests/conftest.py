@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import settings
 
 from dicomd.app import Runtime, open_runtime
@@ -40,6 +41,21 @@ def _data_under_tmp_path(tmp_path: Path) -> Iterator[None]:
         yield
     finally:
         _test_dir = None
+
+
+# structlog as the tests found it. Taken here, not in a fixture: a module-scoped fixture that sets
+# structlog up runs before any function-scoped one could take it.
+_STRUCTLOG_AT_START = structlog.get_config()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_restored() -> Iterator[None]:
+    """A test that sets structlog up (as the CLI and scripts/gen-conformance do, at level "error")
+    must not leave it so: a later test's capture_logs would see no warnings at all."""
+    try:
+        yield
+    finally:
+        structlog.configure(**_STRUCTLOG_AT_START)
 
 
 def find_dcmtk(name: str) -> str | None:
