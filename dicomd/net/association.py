@@ -43,6 +43,7 @@ from dicomd.services.base import (
     Handler,
     IncompleteMessage,
     Request,
+    ResponseTimeout,
     SinkFactory,
 )
 from dicomd.ul.codes import (
@@ -166,6 +167,8 @@ class AcceptorAssociation:
         self._channel: Channel | None = None
         # Requests we sent to the peer (C-GET sub-operations), by Message ID, awaiting a response.
         self._awaiting: dict[int, asyncio.Future[Message]] = {}
+        # ... and those whose response did not come within the DIMSE timeout (dropped if it does).
+        self._unanswered: set[int] = set()
         self._message_ids = 0
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -337,13 +340,25 @@ class AcceptorAssociation:
             await channel.send_message(context_id, message, dataset)
             async with asyncio.timeout(self._server.dimse_timeout):
                 return await future
+        except TimeoutError:
+            # The peer may still answer: that answer is dropped, not taken for a protocol error
+            # (nor for the answer to a later request, which has another Message ID).
+            self._unanswered.add(message_id)
+            raise ResponseTimeout(
+                f"no response within the DIMSE timeout ({self._server.dimse_timeout:g} s)"
+            ) from None
         finally:
             self._awaiting.pop(message_id, None)
 
     async def _on_command(self, channel: Channel, item: CommandReceived) -> None:
         command = item.command
         if is_response(command):
-            waiter = self._awaiting.get(getattr(command, "message_id_being_responded_to", -1))
+            answered = getattr(command, "message_id_being_responded_to", -1)
+            waiter = self._awaiting.get(answered)
+            if waiter is None and answered in self._unanswered:
+                self._unanswered.discard(answered)
+                log.info("late_response_dropped", message_id=answered)
+                return
             if waiter is None or waiter.done():
                 raise RemoteProtocolError(
                     f"unexpected {type(command).__name__}", AbortReason.UNEXPECTED_PDU_PARAMETER

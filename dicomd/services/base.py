@@ -37,6 +37,11 @@ class IncompleteMessage(ConnectionError):
     set, so the runner has aborted the association (A-ABORT) before raising this."""
 
 
+class ResponseTimeout(TimeoutError):
+    """The peer did not answer a request we sent within the DIMSE timeout. Its answer may still
+    come; the association that sent the request drops it then (see AcceptorAssociation)."""
+
+
 # What a DIMSE message carries as its dataset: nothing, bytes in memory, or a stored file's tail.
 DatasetSource = bytes | FileSlice | None
 
@@ -86,7 +91,7 @@ class Responder(Protocol):
 
     async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
         """Send a request to the peer on this association and return its response (C-GET's
-        C-STORE sub-operations, PS3.4 C.4.3.3)."""
+        C-STORE sub-operations, PS3.4 C.4.3.3); ResponseTimeout if none comes in time."""
 
 
 class Outbound(Protocol):

@@ -40,6 +40,7 @@ from dicomd.services.base import (
     Outbound,
     Request,
     Responder,
+    ResponseTimeout,
 )
 from dicomd.services.sop_classes import (
     DEFLATED_EXPLICIT_VR_LE,
@@ -349,11 +350,15 @@ class RetrieveService:
                         raise
                 counts.add(outcome, target.sop_instance_uid)
                 if outcome == "failed" and counts.remaining and sender.closed:
-                    # The destination ended the sub-association itself (A-ABORT, or the
-                    # connection dropped): what is left fails at once, without reading it or
-                    # a log line each. No new association: that was the destination's choice.
+                    # C-MOVE: the destination ended the sub-association itself (A-ABORT, or the
+                    # connection dropped), or we aborted it at a DIMSE timeout. C-GET: the SCU
+                    # left a C-STORE unanswered past the DIMSE timeout. What is left fails at
+                    # once, without reading it or a log line each. No new association: the
+                    # destination ended that one, or it stopped answering.
                     log.warning(
-                        "sub_association_lost",
+                        "sub_association_lost"
+                        if originator is not None
+                        else "sub_operations_unanswered",
                         sop_instance_uid=target.sop_instance_uid,
                         failed=counts.remaining,
                     )
@@ -544,6 +549,7 @@ class _GetSender:
     def __init__(self, responder: Responder) -> None:
         self._responder = responder
         self._contexts: Mapping[int, AcceptedContext] | None = None
+        self._unanswered = False
 
     @property
     def contexts(self) -> Mapping[int, AcceptedContext]:
@@ -559,11 +565,18 @@ class _GetSender:
 
     @property
     def closed(self) -> bool:
-        # The SCU's own association: when it ends, the runner stops this retrieve with it.
-        return False
+        """True once a sub-operation went unanswered for the DIMSE timeout: the SCU is not
+        taking C-STOREs, so none is sent after it, and the C-GET ends with its final response
+        (the association stays up: that response is still owed). When the association itself
+        ends, the runner stops this retrieve with it."""
+        return self._unanswered
 
     async def request(self, context_id: int, message: Message, dataset: DatasetSource) -> Message:
-        return await self._responder.request(context_id, message, dataset)
+        try:
+            return await self._responder.request(context_id, message, dataset)
+        except ResponseTimeout:
+            self._unanswered = True
+            raise
 
 
 def _retrieve_sql(ds: Dataset, model: str) -> tuple[str, list[object]]:

@@ -861,6 +861,50 @@ async def test_a_file_failing_mid_stream_aborts_the_c_get_association(
     assert (said["sop_instance_uid"], said["failed"]) == (lost, 4)
 
 
+async def test_a_c_get_scu_that_does_not_answer_in_time(tmp_path: Path) -> None:
+    """The C-GET SCU takes 3 s to answer the third of six C-STOREs, past the 1 s DIMSE timeout.
+    dicomd sends no more C-STOREs and ends the C-GET: B000, two completed, the third and the
+    three not sent failed. The association stays up: the late answer is dropped, not taken for a
+    protocol error, and the SCU gets its final response and releases."""
+    from tests.interop.test_echo_interop import _pynetdicom_echo
+
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    received: dict[str, bytes] = {}
+    slow: list[int] = []  # the Message ID of the C-STORE answered late
+
+    def on_store(event: Any) -> int:
+        received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        if len(received) == 3:
+            slow.append(int(event.request.MessageID))
+            time.sleep(3.0)
+        return 0x0000
+
+    def get(port: int) -> tuple[list[tuple[Dataset, Dataset | None]], bool]:
+        assoc = _get_association(port, STUDY_ROOT_GET, on_store)
+        try:
+            responses = list(assoc.send_c_get(identifier, STUDY_ROOT_GET))
+        finally:
+            assoc.release()
+        return responses, assoc.is_released
+
+    async with run_runtime(make_config(dimse_timeout=1.0)) as (server, _runtime):
+        await asyncio.to_thread(_pynetdicom_store, server.port, files)
+        with structlog.testing.capture_logs() as logs:
+            responses, released = await asyncio.to_thread(get, server.port)
+            assert await asyncio.to_thread(_pynetdicom_echo, server.port) == status.SUCCESS
+    assert released
+    final, failed = responses[-1]
+    _assert_first_two_completed_and_the_rest_failed((int(final.Status), final, failed), files)
+    assert received == by_uid(files[:3])  # the third was stored, but too late to count
+    failure, unanswered = [e for e in logs if e["event"].startswith("sub_")]
+    assert failure["event"] == "sub_operation_failed"
+    assert "DIMSE timeout" in failure["error"]
+    assert (unanswered["event"], unanswered["failed"]) == ("sub_operations_unanswered", 3)
+    assert [e["message_id"] for e in logs if e["event"] == "late_response_dropped"] == slow
+    assert not [e for e in logs if e["event"] == "association_aborted"]
+
+
 async def test_a_destination_that_aborts_mid_move(tmp_path: Path) -> None:
     """The destination aborts its association on the third of six C-STOREs: that one and the
     three after it fail at once, without a new association (the destination ended that one
