@@ -378,6 +378,8 @@ class FileStore:
             spool.discard()
             raise
         spool._mark_installed()
+        if self._spares is not None:
+            self._spares.refill()  # now that tmp/ is free again (spares.py)
         if self._fsync:
             try:
                 _fsync_dir(final.parent)

@@ -1,4 +1,5 @@
-"""Spare spool files: made ahead by a thread, taken as spools, bounded, removed at close."""
+"""Spare spool files: made ahead by a thread, taken as spools, made again at a refill (not at the
+take), bounded, removed at close."""
 
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ def test_a_take_is_a_part_file_open_for_writing_and_is_replaced(
     file.write(b"data")
     file.close()
     assert path.read_bytes() == b"data"
+    time.sleep(0.05)
+    assert pool.ready == 2  # not made again at the take: tmp/ stays free for the install
+    pool.refill()
     wait_until(lambda: pool.ready == 3)  # made again in the background
     assert len(names(tmp_path, ".spare")) == 3
     assert path.with_suffix(".spare").name not in names(tmp_path, ".spare")
@@ -71,6 +75,8 @@ def test_a_take_is_a_part_file_open_for_writing_and_is_replaced(
 
 def test_the_pool_never_holds_more_than_its_size(tmp_path: Path, pool: SparePool) -> None:
     taken = [pool.take() for _ in range(10)]
+    for _ in range(10):
+        pool.refill()
     wait_until(lambda: pool.ready == 3)
     time.sleep(0.05)
     assert len(names(tmp_path, ".spare")) == 3
@@ -90,7 +96,7 @@ def test_close_removes_the_spares_and_later_takes_get_none(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_failing_opener_stalls_the_pool_until_the_next_take(tmp_path: Path) -> None:
+def test_a_failing_opener_stalls_the_pool_until_the_next_refill(tmp_path: Path) -> None:
     calls = 0
 
     def full_disk(path: Path) -> BinaryIO:
@@ -105,6 +111,9 @@ def test_a_failing_opener_stalls_the_pool_until_the_next_take(tmp_path: Path) ->
         time.sleep(0.1)
         assert calls == 1  # no busy retrying while the disk is full
         assert pool.take() is None
+        time.sleep(0.1)
+        assert calls == 1  # a take is no reason to try again
+        pool.refill()
         wait_until(lambda: calls == 2)
         assert list(tmp_path.iterdir()) == []
     finally:
@@ -133,9 +142,11 @@ def test_spools_come_from_the_spares_and_install_as_usual(tmp_path: Path) -> Non
         spool = store.create_spool(FileMeta(CT, "1.2.3.4", IMPLICIT, "1.2", "", "STORESCU"))
         assert spool.path.with_suffix(".spare").name in spares
         assert spool.path.suffix == ".part"
+        assert store.spares_ready == 1
         stored = store.install(spool, "1.2.3.4")
         assert dcmread(tmp_path / stored.relpath).file_meta.MediaStorageSOPInstanceUID == "1.2.3.4"
         assert names(tmp_path / "tmp", ".part") == []
+        wait_until(lambda: store.spares_ready == 2)  # the install made the pool whole again
     finally:
         store.close()
     assert list((tmp_path / "tmp").iterdir()) == []
