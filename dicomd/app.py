@@ -107,7 +107,13 @@ class Runtime:
 async def open_runtime(config: Config) -> Runtime:
     durable = config.storage.durability == "full"
     files = await asyncio.to_thread(
-        partial(FileStore, config.storage.root, fsync=durable, spares=SPOOL_SPARES)
+        partial(
+            FileStore,
+            config.storage.root,
+            fsync=durable,
+            spares=SPOOL_SPARES,
+            min_free_bytes=config.storage.min_free_mb * 2**20,
+        )
     )
     await asyncio.to_thread(config.index.path.parent.mkdir, parents=True, exist_ok=True)
     index = await Index.open(

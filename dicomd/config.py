@@ -62,6 +62,10 @@ class StorageConfig:
     # "full": fsync each file and its directory, SQLite synchronous=FULL, before answering Success.
     # "relaxed": no fsync and synchronous=NORMAL: faster, but a power cut can lose acknowledged images.
     durability: Literal["full", "relaxed"] = "full"
+    # Free space (MiB) kept on the store's filesystem: a C-STORE that finds less is refused with
+    # A700 before anything is written, so that the index, its journal and the logs never meet a
+    # full disk. 0: store until the disk itself is full.
+    min_free_mb: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +369,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"storage.transfer_syntaxes: {uid!r} is not a transfer syntax UID")
     if config.retrieve.pending_interval < 0:
         raise ConfigError("retrieve.pending_interval: must not be negative")
+    if config.storage.min_free_mb < 0:
+        raise ConfigError("storage.min_free_mb: must not be negative")
     if config.index.busy_timeout <= 0:
         raise ConfigError("index.busy_timeout: must be positive")
     t = config.tls

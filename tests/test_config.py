@@ -77,6 +77,8 @@ def test_remote_table() -> None:
             "certificate and private_key are required",
         ),
         ({"security": {"operations": {"CT": ["delete"]}}}, "security.operations.CT"),
+        ({"storage": {"min_free_mb": -1}}, "storage.min_free_mb: must not be negative"),
+        ({"storage": {"min_free_mb": 0.5}}, "storage.min_free_mb: expected an integer"),
     ],
 )
 def test_invalid_configs_name_the_key(data: dict[str, object], message: str) -> None:

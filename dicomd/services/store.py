@@ -30,7 +30,14 @@ from dicomd import metrics
 from dicomd.dimse import status
 from dicomd.dimse.messages import CStoreRQ, CStoreRSP, Message
 from dicomd.services.base import Request, Responder
-from dicomd.storage.files import FileMeta, FileStore, OutOfSpace, Spool, StorageError
+from dicomd.storage.files import (
+    BelowReserve,
+    FileMeta,
+    FileStore,
+    OutOfSpace,
+    Spool,
+    StorageError,
+)
 from dicomd.storage.index import Index, IndexUnavailable, PutResult
 from dicomd.storage.record import InstanceRecord, RecordError, record_from_dataset
 from dicomd.storage.scan import EXPLICIT_VR_BE, ScanError, scan, scan_bytes
@@ -87,6 +94,8 @@ class SpoolSink:
             if self.spool is None:
                 self.spool = self._files.create_spool(self.meta)
             self.spool.write(chunk)
+        except BelowReserve as e:
+            self._fail(_Refused(status.OUT_OF_RESOURCES, f"store full: {e}"))
         except OutOfSpace:
             self._fail(_Refused(status.OUT_OF_RESOURCES, "out of disk space"))
         except StorageError as e:

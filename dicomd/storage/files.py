@@ -139,6 +139,11 @@ class OutOfSpace(StorageError):
     """ENOSPC or EDQUOT: the disk or the quota is full (the caller answers A700)."""
 
 
+class BelowReserve(OutOfSpace):
+    """The filesystem has less free space than the store keeps in reserve (min_free_bytes): no new
+    spool is started (the caller answers A700)."""
+
+
 _SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -278,10 +283,13 @@ class FileStore:
         fsync: bool = True,
         opener: SpoolOpener | None = None,
         spares: int = 0,
+        min_free_bytes: int = 0,
     ) -> None:
-        """`spares`: how many empty spool files to keep ready in tmp/ (spares.py); 0 for none."""
+        """`spares`: how many empty spool files to keep ready in tmp/ (spares.py); 0 for none.
+        `min_free_bytes`: create_spool() raises BelowReserve when the filesystem has less free."""
         self.root = Path(root)
         self._fsync = fsync
+        self._min_free = min_free_bytes
         self._opener: SpoolOpener = opener or _open_spool
         self._tmp = self.root / "tmp"
         self._objects = self.root / "objects"
@@ -323,8 +331,15 @@ class FileStore:
         self._known_dirs.update(names)
 
     def create_spool(self, meta: FileMeta) -> Spool:
-        """A new spool in root/tmp with the File Meta already written (ValueError on a bad meta)."""
+        """A new spool in root/tmp with the File Meta already written (ValueError on a bad meta;
+        BelowReserve when free space is under min_free_bytes)."""
         header = encode_file_meta(meta)
+        if self._min_free:
+            free = self.free_bytes()  # one statvfs(2): microseconds, on the caller's worker thread
+            if free < self._min_free:
+                raise BelowReserve(
+                    f"{free // 2**20} MiB free, under the {self._min_free // 2**20} MiB reserve"
+                )
         spare = self._spares.take() if self._spares is not None else None
         if spare is not None:
             path, file = spare

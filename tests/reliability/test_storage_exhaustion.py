@@ -43,8 +43,9 @@ async def test_disk_full_with_several_scus(tmp_path: Path) -> None:
     mount.mkdir()
     assert await _run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)) == 0
     try:
-        # The store fills up; the index lives elsewhere so that what runs out is the store.
-        config = make_config(root=mount)
+        # The store fills up; the index lives elsewhere so that what runs out is the store. No
+        # reserve: the disk itself is to be full (the reserve has its own test).
+        config = make_config(root=mount, storage={"min_free_mb": 0})
         config = replace(config, index=IndexConfig(path=tmp_path / "index.sqlite"))
         async with run_runtime(config) as (server, runtime):
             acknowledged: dict[str, bytes] = {}

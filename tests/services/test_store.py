@@ -284,8 +284,9 @@ async def test_disk_full_is_a700_and_storing_resumes(tmp_path: Path) -> None:
     )
     assert await proc.wait() == 0, "mount tmpfs failed"
     try:
-        # The store fills up; the index lives elsewhere so that what is measured is the store.
-        config = make_config(root=mount)
+        # The store fills up; the index lives elsewhere so that what is measured is the store. No
+        # reserve: the disk itself is to be full (the reserve has its own test).
+        config = make_config(root=mount, storage={"min_free_mb": 0})
         config = replace(config, index=IndexConfig(path=tmp_path / "index.sqlite"))
         async with run_runtime(config) as (server, runtime):
             peer = await associate(server.port)
@@ -319,6 +320,28 @@ async def test_disk_full_is_a700_and_storing_resumes(tmp_path: Path) -> None:
     finally:
         proc = await asyncio.create_subprocess_exec("umount", "-l", str(mount))
         await proc.wait()
+
+
+async def test_under_the_free_space_reserve_a_store_is_a700_and_nothing_is_written() -> None:
+    """[storage] min_free_mb above what the disk has free: the C-STORE is refused with A700 and
+    says why, before a spool is started; nothing reaches tmp/, objects/ or the index, and the
+    association goes on (the next C-STORE is answered too)."""
+    probe = make_config()
+    free_mib = FileStore(probe.storage.root).free_bytes() >> 20
+    config = make_config(storage={"min_free_mb": free_mib + 1024})
+    async with run_runtime(config) as (server, runtime):
+        peer = await associate(server.port)
+        for i in range(2):
+            uid = generate_uid()
+            rsp = await send_store(peer, uid, dataset_bytes(uid, pixels=4096), message_id=i + 1)
+            assert rsp.status == status.OUT_OF_RESOURCES
+            assert rsp.error_comment is not None
+            assert rsp.error_comment.startswith("store full: ")
+            assert f"under the {free_mib + 1024} MiB reserve" in rsp.error_comment
+            assert await runtime.index.get(uid) is None
+        assert spools(config.storage.root) == []
+        assert list(runtime.files.iter_objects()) == []
+        peer.close()
 
 
 async def test_transfer_syntax_list_is_configurable() -> None:

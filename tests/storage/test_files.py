@@ -21,6 +21,7 @@ from pydicom.filewriter import write_dataset
 
 import dicomd.storage.files as files_module
 from dicomd.storage.files import (
+    BelowReserve,
     FileMeta,
     FileStore,
     OutOfSpace,
@@ -547,6 +548,18 @@ def test_iter_objects_lists_every_stored_file(tmp_path: Path) -> None:
     (tmp_path / "objects" / "stray.txt").write_text("x")
     (tmp_path / store.relpath_for("1.2.3.0")).with_suffix(".tmp").write_text("x")
     assert list(store.iter_objects()) == sorted(store.relpath_for(uid) for uid in uids)
+
+
+def test_no_spool_is_started_under_the_free_space_reserve(tmp_path: Path) -> None:
+    free = FileStore(tmp_path / "probe").free_bytes()
+    short = FileStore(tmp_path / "short", min_free_bytes=free + (1 << 30))
+    with pytest.raises(BelowReserve, match="MiB free, under the") as caught:
+        short.create_spool(meta_for("1.2.3"))
+    assert isinstance(caught.value, OutOfSpace)  # answered as a full disk is: A700
+    assert list((tmp_path / "short" / "tmp").iterdir()) == []
+    ample = FileStore(tmp_path / "ample", min_free_bytes=1 << 20)
+    ample.install(ample.create_spool(meta_for("1.2.3")), "1.2.3")
+    assert list(ample.iter_objects()) == [ample.relpath_for("1.2.3")]
 
 
 def test_init_creates_the_layout_and_free_bytes(tmp_path: Path) -> None:
