@@ -91,6 +91,11 @@ def _identifier(level: str, **keys: str) -> Dataset:
     return ds
 
 
+def _study_identifier(files: list[Path]) -> Dataset:
+    """A STUDY-level identifier naming the study of `files[0]`."""
+    return _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+
+
 def _get_association(port: int, model: str, on_store: Callable[[Any], int]) -> Any:
     """A pynetdicom association to dicomd for C-GET (`model`), taking the SCP role for CT and MR
     storage; `on_store` answers each sub-operation's C-STORE."""
@@ -217,7 +222,7 @@ async def test_a_reload_changes_the_pending_interval(tmp_path: Path) -> None:
     get = partial(
         _pynetdicom_get,
         model=STUDY_ROOT_GET,
-        identifier=_identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID)),
+        identifier=_study_identifier(files),
     )
     async with run_runtime(pending_every(3600)) as (server, runtime):
         await asyncio.to_thread(_pynetdicom_store, server.port, files)
@@ -258,7 +263,7 @@ async def test_c_get_cancel_in_the_middle(tmp_path: Path) -> None:
     files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=2, per_series=10)
     async with run_runtime() as (server, _runtime):
         await asyncio.to_thread(_pynetdicom_store, server.port, files)
-        identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+        identifier = _study_identifier(files)
         statuses, received, final = await asyncio.to_thread(
             _pynetdicom_get, server.port, STUDY_ROOT_GET, identifier, cancel_after=3
         )
@@ -283,7 +288,7 @@ async def test_c_get_without_a_storage_role_fails_every_sub_operation(tmp_path: 
             assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMD")
             try:
                 *_, (st, ident) = assoc.send_c_get(
-                    _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID)),
+                    _study_identifier(files),
                     STUDY_ROOT_GET,
                 )
                 return int(st.Status), ident
@@ -313,7 +318,7 @@ async def test_an_unreadable_file_fails_its_sub_operation_only(tmp_path: Path, d
             path.unlink()
         else:
             os.truncate(path, stored.size - 100)
-        identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+        identifier = _study_identifier(files)
         statuses, received, final = await asyncio.to_thread(
             _pynetdicom_get, server.port, STUDY_ROOT_GET, identifier
         )
@@ -644,7 +649,7 @@ async def test_a_streamed_file_that_fails_to_read_during_a_move(
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     # The sub-operations go in series and instance number order.
     lost = str(uids(files[2]).SOPInstanceUID)
-    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    identifier = _study_identifier(files)
     dest = await asyncio.to_thread(_Destination)
     try:
         async with _serving_a_damaged_file(
@@ -671,8 +676,8 @@ async def test_a_streamed_file_that_fails_to_read_during_a_move(
 def _assert_first_two_completed_and_the_rest_failed(
     final_response: tuple[int, Any, Dataset | None], files: list[Path]
 ) -> None:
-    """A move's final response (status, response, identifier) is B000 with the first two of
-    `files` completed and the rest failed, in its Failed SOP Instance UID List."""
+    """A C-MOVE's or C-GET's final response (status, response, identifier) is B000 with the first
+    two of `files` completed and the rest failed, in its Failed SOP Instance UID List."""
     code, final, failed = final_response
     assert code == status.SUBOPS_WARNING
     assert final.NumberOfCompletedSuboperations == 2
@@ -689,7 +694,7 @@ async def test_a_destination_that_refuses_the_new_association_fails_the_rest(
     too. The move ends in B000 with the four failed UIDs and the two that arrived intact."""
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     lost = str(uids(files[2]).SOPInstanceUID)
-    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    identifier = _study_identifier(files)
     dest = await asyncio.to_thread(partial(_Destination, only_one=True))
     try:
         async with _serving_a_damaged_file(monkeypatch, dest, files, lost) as server:
@@ -719,7 +724,7 @@ async def test_a_move_cancelled_between_its_two_sub_associations(
 
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     lost = str(uids(files[2]).SOPInstanceUID)
-    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    identifier = _study_identifier(files)
     real_run = retrieve.RetrieveService._run
 
     async def run_then_wait_for_the_cancel(
@@ -796,7 +801,7 @@ async def test_a_move_cancelled_mid_file_aborts_its_sub_association(
 
     monkeypatch.setattr(channel, "_open_and_read", stalling)
     files = await asyncio.to_thread(make_study, tmp_path / "in", n_series=1, per_series=2)
-    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    identifier = _study_identifier(files)
 
     def move_and_abort(port: int) -> None:
         # dimse_timeout: how long its C-MOVE waits on, once aborted.
@@ -839,7 +844,7 @@ async def test_a_file_failing_mid_stream_aborts_the_c_get_association(
 
     def get(port: int) -> tuple[bool, list[Dataset]]:
         assoc = _get_association(port, STUDY_ROOT_GET, on_store)
-        identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+        identifier = _study_identifier(files)
         responses = [st for st, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET)]
         if assoc.is_established:
             assoc.release()
@@ -869,7 +874,7 @@ async def test_a_c_get_scu_that_does_not_answer_in_time(tmp_path: Path) -> None:
     from tests.interop.test_echo_interop import _pynetdicom_echo
 
     files = await asyncio.to_thread(make_study, tmp_path / "in")
-    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    identifier = _study_identifier(files)
     received: dict[str, bytes] = {}
     slow: list[int] = []  # the Message ID of the C-STORE answered late
 
@@ -912,7 +917,7 @@ async def test_a_destination_that_aborts_mid_move(tmp_path: Path) -> None:
     from tests.interop.test_echo_interop import _pynetdicom_echo
 
     files = await asyncio.to_thread(make_study, tmp_path / "in")
-    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    identifier = _study_identifier(files)
     dest = await asyncio.to_thread(partial(_Destination, abort_at=3))
     try:
         config = _with_remote(make_config(), "PYDEST", dest.port)
@@ -945,7 +950,7 @@ async def test_a_destination_that_does_not_answer_in_time(tmp_path: Path) -> Non
     for the next request's. The third and the three not sent fail; the move ends well before
     the late answer would have come."""
     files = await asyncio.to_thread(make_study, tmp_path / "in")
-    identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+    identifier = _study_identifier(files)
     dest = await asyncio.to_thread(partial(_Destination, stall_at=3, stall=4.0))
     try:
         config = _with_remote(make_config(dimse_timeout=1.0), "PYDEST", dest.port)
@@ -967,7 +972,7 @@ async def test_move_unknown_destination_and_destination_down(tmp_path: Path) -> 
     config = _with_remote(make_config(dimse_timeout=5.0), "NOBODY", free_port())
     async with run_runtime(config) as (server, _runtime):
         await asyncio.to_thread(_pynetdicom_store, server.port, files)
-        identifier = _identifier("STUDY", StudyInstanceUID=str(uids(files[0]).StudyInstanceUID))
+        identifier = _study_identifier(files)
         unknown = await asyncio.to_thread(_pynetdicom_move, server.port, "STRANGER", identifier)
         assert [code for code, *_ in unknown] == [status.MOVE_DESTINATION_UNKNOWN]
         down = await asyncio.to_thread(_pynetdicom_move, server.port, "NOBODY", identifier)
