@@ -198,7 +198,10 @@ class StoreService:
                 error_comment=comment[:64] if comment else None,
             )
         )
-        log.info(
+        # A refusal (out of space, an I/O error, a dataset that does not match its command) is a
+        # warning: an administrator who logs warnings and up must see a full disk.
+        failed = status.category(code) is status.StatusCategory.FAILURE
+        (log.warning if failed else log.info)(
             "c_store_done",
             sop_instance_uid=uid,
             sop_class_uid=command.affected_sop_class_uid,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pydicom
 import pytest
+import structlog
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
@@ -153,7 +154,8 @@ async def test_refused_datasets_leave_nothing(make: Any, expected: int) -> None:
     async with run_runtime(config) as (server, runtime):
         peer = await associate(server.port)
         uid = generate_uid()
-        rsp = await send_store(peer, uid, make(uid))
+        with structlog.testing.capture_logs() as logs:
+            rsp = await send_store(peer, uid, make(uid))
         assert rsp.status == expected
         assert rsp.error_comment
         assert await runtime.index.get(uid) is None
@@ -161,7 +163,15 @@ async def test_refused_datasets_leave_nothing(make: Any, expected: int) -> None:
         assert spools(config.storage.root) == []
         # The association is still usable: a good instance after a refused one is stored.
         good = generate_uid()
-        assert (await send_store(peer, good, dataset_bytes(good), message_id=2)).status == 0
+        with structlog.testing.capture_logs() as good_logs:
+            assert (await send_store(peer, good, dataset_bytes(good), message_id=2)).status == 0
+        # The refusal is logged as a warning with its status; the store that worked, as info.
+        levels = [
+            (e["log_level"], e["status"])
+            for e in [*logs, *good_logs]
+            if e["event"] == "c_store_done"
+        ]
+        assert levels == [("warning", f"{expected:04X}"), ("info", "0000")]
         peer.close()
 
 
@@ -333,12 +343,19 @@ async def test_under_the_free_space_reserve_a_store_is_a700_and_nothing_is_writt
         peer = await associate(server.port)
         for i in range(2):
             uid = generate_uid()
-            rsp = await send_store(peer, uid, dataset_bytes(uid, pixels=4096), message_id=i + 1)
+            with structlog.testing.capture_logs() as logs:
+                rsp = await send_store(peer, uid, dataset_bytes(uid, pixels=4096), message_id=i + 1)
             assert rsp.status == status.OUT_OF_RESOURCES
             assert rsp.error_comment is not None
             assert rsp.error_comment.startswith("store full: ")
             assert f"under the {free_mib + 1024} MiB reserve" in rsp.error_comment
             assert await runtime.index.get(uid) is None
+            # A full store is a warning in the log, not an info line among the stored ones.
+            done = [e for e in logs if e["event"] == "c_store_done"]
+            assert [(e["log_level"], e["status"], e["outcome"]) for e in done] == [
+                ("warning", "A700", "refused")
+            ]
+            assert done[0]["comment"] == rsp.error_comment
         assert spools(config.storage.root) == []
         assert list(runtime.files.iter_objects()) == []
         peer.close()
