@@ -491,6 +491,11 @@ def parse_command_elements(data: bytes | bytearray | memoryview) -> dict[int, by
     return elements
 
 
+def _name(tag: int) -> str:
+    """(0000,xxxx) VR, for an error message (made only when one is raised)."""
+    return f"(0000,{tag & 0xFFFF:04X}) {_VR[tag]}"
+
+
 def _decode_value(elements: Mapping[int, bytes], tag: int) -> _Value | None:
     """The typed value of `tag`, or None when it is absent or (numeric and) empty.
 
@@ -501,30 +506,29 @@ def _decode_value(elements: Mapping[int, bytes], tag: int) -> _Value | None:
     if raw is None:
         return None
     vr = _VR[tag]
-    name = f"(0000,{tag & 0xFFFF:04X}) {vr}"
     if vr in ("US", "UL"):
         width = 2 if vr == "US" else 4
         if not raw:
             return None
         if len(raw) != width:
-            raise DIMSEDecodeError(f"{name} has length {len(raw)}, expected {width}")
+            raise DIMSEDecodeError(f"{_name(tag)} has length {len(raw)}, expected {width}")
         return int.from_bytes(raw, "little")
     if vr == "AT":
         if not raw:
             return None
         if len(raw) % 4:
-            raise DIMSEDecodeError(f"{name} has length {len(raw)}, not a multiple of 4")
+            raise DIMSEDecodeError(f"{_name(tag)} has length {len(raw)}, not a multiple of 4")
         pairs = struct.iter_unpack("<HH", raw)
         return tuple(group << 16 | element for group, element in pairs)
     if vr == "UI":
         if len(raw) % 2:
-            raise DIMSEDecodeError(f"{name} has odd length {len(raw)}")
+            raise DIMSEDecodeError(f"{_name(tag)} has odd length {len(raw)}")
         # A UID is digits and dots (PS3.5 9.1); one that is not even ASCII is garbage that must not
         # reach file meta or the index, and could not be echoed back in a response either.
         try:
             return raw.decode("ascii").rstrip("\x00 ")
         except UnicodeDecodeError:
-            raise DIMSEDecodeError(f"{name} is not ASCII") from None
+            raise DIMSEDecodeError(f"{_name(tag)} is not ASCII") from None
     # AE, LO: leading and trailing spaces are not significant; a trailing NUL is common sloppiness.
     # latin-1 maps every byte, so a peer's stray high-bit byte survives instead of failing the
     # whole message.
