@@ -200,8 +200,7 @@ class StoreService:
         )
         # A refusal (out of space, an I/O error, a dataset that does not match its command) is a
         # warning: an administrator who logs warnings and up must see a full disk.
-        failed = status.category(code) is status.StatusCategory.FAILURE
-        (log.warning if failed else log.info)(
+        (log.warning if outcome == "refused" else log.info)(
             "c_store_done",
             sop_instance_uid=uid,
             sop_class_uid=command.affected_sop_class_uid,
