@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from dicomd.app import IMPLEMENTATION_CLASS_UID
+from dicomd import IMPLEMENTATION_CLASS_UID
 from dicomd.dimse import status
 from dicomd.dimse.fragments import fragment
 from dicomd.dimse.messages import CFindRQ, encode_command

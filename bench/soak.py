@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from dicomd.app import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomd.dimse import status
 from dicomd.dimse.messages import CEchoRQ, decode_command, encode_command
 from dicomd.net.requestor import RequestorAssociation

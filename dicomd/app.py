@@ -9,25 +9,30 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 
 import structlog
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomd import __version__, metrics
-from dicomd.config import Config, ConfigError, RemoteAE
+from dicomd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__, metrics
+from dicomd.config import Config, ConfigError
 from dicomd.dimse.messages import CEchoRQ, CFindRQ, CGetRQ, CMoveRQ, CStoreRQ, Message
 from dicomd.metrics import MetricsServer
 from dicomd.net.association import ServerState
-from dicomd.net.requestor import RequestorAssociation
+from dicomd.net.outbound import open_outbound
 from dicomd.net.server import DicomServer
-from dicomd.services.base import Handler, Outbound, SinkFactory
+from dicomd.services.base import Handler, SinkFactory
 from dicomd.services.echo import VERIFICATION_SOP_CLASS, handle_echo
 from dicomd.services.find import FindService
 from dicomd.services.find import extended_negotiation as find_extended_negotiation
-from dicomd.services.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveService
+from dicomd.services.retrieve import (
+    GET_SOP_CLASSES,
+    MOVE_SOP_CLASSES,
+    LocalMover,
+    RetrieveService,
+)
 from dicomd.services.sop_classes import DEFAULT_STORAGE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from dicomd.services.store import StoreService
 from dicomd.storage.files import FileStore
@@ -35,15 +40,10 @@ from dicomd.storage.index import Index
 from dicomd.storage.reconcile import reconcile
 from dicomd.systemd import Notifier, cancel_watchdog
 from dicomd.systemd import watchdog as systemd_watchdog
-from dicomd.tls import client_context, server_context
-from dicomd.ul.negotiation import AcceptorPolicy, ProposedContext
+from dicomd.tls import server_context
+from dicomd.ul.negotiation import AcceptorPolicy
 
 log = structlog.get_logger("dicomd.app")
-
-# Derived once with pydicom.uid.generate_uid(entropy_srcs=["dicomd implementation class"]): a UID
-# under pydicom's root that no other implementation uses, stable across releases (PS3.7 D.3.3.2).
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.76545713116216655370592048924003624229"
-IMPLEMENTATION_VERSION_NAME = "DICOMD_" + __version__.replace(".", "")[:9]
 
 UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian))
 DEFLATED_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1.99"
@@ -144,34 +144,17 @@ async def open_runtime(config: Config) -> Runtime:
         pn_case_insensitive=config.query.pn_case_insensitive,
         max_matches=config.query.max_matches,
     )
+    mover = LocalMover(files.path, partial(open_outbound, config))
     retrieve = RetrieveService(
         files,
         index,
         ae_title=config.server.ae_title,
         remote_ae={r.ae_title: r for r in config.remote},
-        open_outbound=partial(open_outbound, config),
+        mover=mover,
         pending_interval=config.retrieve.pending_interval,
     )
     state = build_state(config, store, find, retrieve)
     return Runtime(config, files, index, store, state, retrieve)
-
-
-async def open_outbound(
-    config: Config, remote: RemoteAE, contexts: Sequence[ProposedContext]
-) -> Outbound:
-    """An association from us to a configured remote AE (C-MOVE's destination)."""
-    return await RequestorAssociation.open(
-        remote.host,
-        remote.port,
-        calling_ae_title=config.server.ae_title,
-        called_ae_title=remote.ae_title,
-        contexts=contexts,
-        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-        max_pdu_length=config.server.max_pdu_length,
-        timeout=config.server.dimse_timeout,
-        ssl_context=client_context(config.tls) if remote.tls else None,
-    )
 
 
 def build_state(

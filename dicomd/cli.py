@@ -92,7 +92,7 @@ def _serve(path: Path | None) -> int:
 
 
 def _echo(args: argparse.Namespace) -> int:
-    from dicomd.app import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+    from dicomd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
     from dicomd.net.requestor import AssociationError, echo
 
     log.configure("warning", "console")

@@ -104,6 +104,19 @@ class _Operation:
         self.context_id = context_id
         self.message_id = message_id
         self.cancel = False
+        self._cancelled: asyncio.Event | None = None  # made for the first wait_cancel() only
+
+    def request_cancel(self) -> None:
+        self.cancel = True
+        if self._cancelled is not None:
+            self._cancelled.set()
+
+    async def wait_cancel(self) -> None:
+        if self.cancel:
+            return
+        if self._cancelled is None:
+            self._cancelled = asyncio.Event()
+        await self._cancelled.wait()
 
 
 class _Responder:
@@ -133,6 +146,9 @@ class _Responder:
     @property
     def cancel_requested(self) -> bool:
         return self._op.cancel
+
+    async def wait_cancel(self) -> None:
+        await self._op.wait_cancel()
 
     @property
     def contexts(self) -> Mapping[int, AcceptedContext]:
@@ -368,7 +384,7 @@ class AcceptorAssociation:
         if isinstance(command, CCancelRQ):
             current = self._current
             if current is not None and current.message_id == command.message_id_being_responded_to:
-                current.cancel = True
+                current.request_cancel()
                 log.info("dimse_cancel", message_id=current.message_id)
             return
         context = self._context(item.context_id)

@@ -82,6 +82,9 @@ class Responder(Protocol):
     def cancel_requested(self) -> bool:
         """A C-CANCEL-RQ for this operation has arrived (PS3.7 9.3.2.3)."""
 
+    async def wait_cancel(self) -> None:
+        """Returns once a C-CANCEL-RQ for this operation has arrived (at once if it has)."""
+
     @property
     def contexts(self) -> Mapping[int, AcceptedContext]:
         """The presentation contexts accepted on this association."""

@@ -3,8 +3,9 @@
 Owns: resolving a retrieve identifier to stored instances (unique keys only, PS3.4 C.4.2.2.1), the
 sub-operation loop with its counts, pending responses, cancel and final status (PS3.4 C.4.2.1.5,
 C.4.3.1.4), choosing a presentation context (and a conversion when the stored syntax was not
-accepted), and opening the C-MOVE destination's association through a callable the runner gives us
-(services never import `net`).
+accepted), and a C-MOVE's sub-operations as a job for a Mover: LocalMover runs them on the event loop
+it is called from, opening the destination's association through a callable the runner gives us
+(services never import `net`); the runner may give a Mover that runs them in another process.
 
 Stored files go out as they are on disk — streamed, not decoded — whenever the stored transfer syntax
 was accepted; that is also what makes a retrieved dataset byte-identical to the one received.
@@ -17,7 +18,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -121,7 +122,7 @@ class _Sender(Protocol):
 
 
 @dataclass
-class _Counts:
+class Counts:
     remaining: int
     completed: int = 0
     failed: int = 0
@@ -145,6 +146,82 @@ class _Counts:
         self.remaining = 0
 
 
+@dataclass(frozen=True, slots=True)
+class MoveJob:
+    """A C-MOVE's sub-operations, for a Mover: where to, what, in what order, and for whom."""
+
+    destination: RemoteAE
+    targets: Sequence[Target]
+    originator: tuple[str, int]  # Move Originator AE Title and Message ID (PS3.7 9.1.1.1)
+    pending_interval: float
+
+
+# Called with the counts so far, at most every pending_interval while sub-operations remain.
+Report = Callable[[Counts], Awaitable[None]]
+
+
+class Cancel(Protocol):
+    """Whether a C-CANCEL-RQ has come for the retrieve (the operation's Responder is one)."""
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+    async def wait_cancel(self) -> None: ...
+
+
+class Mover(Protocol):
+    async def move(
+        self, job: MoveJob, counts: Counts, report: Report, cancel: Cancel
+    ) -> str | None:
+        """Run `job`'s sub-operations in order, adding each outcome to `counts` (none is left
+        remaining unless cancelled); returns an Error Comment for the final response, or None.
+        Raises MoverLost when the mover ends before the job does."""
+        ...
+
+
+class MoverLost(Exception):
+    """A mover ended with a job under way. The counts hold the outcomes it had reported: those
+    of the targets before the first one not counted (sub-operations run in order)."""
+
+
+class LocalMover:
+    """A C-MOVE's sub-operations on the calling event loop: over one association to the
+    destination, and a new one for what is left when a data set failed half-sent."""
+
+    def __init__(self, resolve: Callable[[str], Path], open_outbound: OpenOutbound) -> None:
+        self._sub_operations = SubOperations(resolve)
+        self._open_outbound = open_outbound
+
+    async def move(
+        self, job: MoveJob, counts: Counts, report: Report, cancel: Cancel
+    ) -> str | None:
+        unsent = job.targets
+        while unsent and not cancel.cancel_requested:
+            # A new association for what is left when the last one was aborted under a data set
+            # that failed half-sent (see SubOperations.run): one damaged file does not fail the rest.
+            try:
+                outbound = await self._open_outbound(job.destination, _proposals(unsent))
+            except Exception as e:
+                log.warning(
+                    "c_move_destination_failed", destination=job.destination.ae_title, error=str(e)
+                )
+                counts.fail_rest(unsent)
+                return str(e)[:64]
+            try:
+                unsent = await self._sub_operations.run(
+                    unsent,
+                    counts,
+                    outbound,
+                    originator=job.originator,
+                    interval=job.pending_interval,
+                    cancel=cancel,
+                    report=report,
+                )
+            finally:
+                await _close(outbound)
+        return None
+
+
 class RetrieveService:
     def __init__(
         self,
@@ -153,15 +230,15 @@ class RetrieveService:
         *,
         ae_title: str,
         remote_ae: Mapping[str, RemoteAE] | None,
-        open_outbound: OpenOutbound | None,
+        mover: Mover | None,
         pending_interval: float,
     ) -> None:
-        self._files = files
+        self._sub_operations = SubOperations(files.path)
         self._pending_interval = pending_interval
         self._index = index
         self._ae_title = ae_title
         self._remote_ae = dict(remote_ae or {})
-        self._open_outbound = open_outbound
+        self._mover = mover
 
     def set_remotes(self, remote_ae: Mapping[str, RemoteAE]) -> None:
         """Replace the C-MOVE destination table (configuration reload)."""
@@ -183,15 +260,15 @@ class RetrieveService:
         except QueryError as e:
             await responder.respond(_get_rsp(command, e.code, comment=e.comment))
             return
-        counts = _Counts(remaining=len(targets))
-        await self._run(
+        counts = Counts(remaining=len(targets))
+        await self._sub_operations.run(
             targets,
             counts,
-            responder,
             _GetSender(responder),
-            command,
             originator=None,
-            pending=_get_rsp,
+            interval=self._pending_interval,
+            cancel=responder,
+            report=_pending_reporter(command, responder, _get_rsp),
         )
         await self._finish(
             command, counts, responder, _get_rsp, started, "c_get_done", request.context
@@ -204,7 +281,7 @@ class RetrieveService:
         assert isinstance(command, CMoveRQ)
         started = time.perf_counter()
         destination = self._remote_ae.get(command.move_destination)
-        if destination is None or self._open_outbound is None:
+        if destination is None or self._mover is None:
             log.warning("c_move_unknown_destination", destination=command.move_destination)
             await responder.respond(
                 _move_rsp(
@@ -219,33 +296,26 @@ class RetrieveService:
         except QueryError as e:
             await responder.respond(_move_rsp(command, e.code, comment=e.comment))
             return
-        counts = _Counts(remaining=len(targets))
-        comment: str | None = None
-        unsent: Sequence[Target] = targets
-        while unsent and not responder.cancel_requested:
-            # A new association for what is left when the last one was aborted under a data set
-            # that failed half-sent (see _run): one damaged file does not fail the rest.
-            try:
-                outbound = await self._open_outbound(destination, _proposals(unsent))
-            except Exception as e:
-                log.warning(
-                    "c_move_destination_failed", destination=destination.ae_title, error=str(e)
+        counts = Counts(remaining=len(targets))
+        job = MoveJob(
+            destination,
+            targets,
+            (request.calling_ae_title, command.message_id),
+            self._pending_interval,  # a reload does not change a retrieve under way
+        )
+        try:
+            comment = (
+                await self._mover.move(
+                    job, counts, _pending_reporter(command, responder, _move_rsp), responder
                 )
-                counts.fail_rest(unsent)
-                comment = str(e)[:64]
-                break
-            try:
-                unsent = await self._run(
-                    unsent,
-                    counts,
-                    responder,
-                    outbound,
-                    command,
-                    originator=(request.calling_ae_title, command.message_id),
-                    pending=_move_rsp,
-                )
-            finally:
-                await _close(outbound)
+                if targets
+                else None  # nothing to send: no association to the destination
+            )
+        except MoverLost as e:
+            done = counts.completed + counts.failed + counts.warning
+            log.error("c_move_mover_lost", error=str(e), failed=len(targets) - done)
+            counts.fail_rest(targets[done:])
+            comment = "sub-operations stopped: mover process lost"
         await self._finish(
             command,
             counts,
@@ -256,8 +326,6 @@ class RetrieveService:
             request.context,
             comment=comment,
         )
-
-    # -- the shared loop -------------------------------------------------------------------------
 
     async def _resolve(self, request: Request) -> list[Target]:
         command = request.command
@@ -277,16 +345,73 @@ class RetrieveService:
                     raise QueryError(status.OUT_OF_RESOURCES_SUBOPS, "too many instances")
         return targets
 
-    async def _run(
+    async def _finish(
+        self,
+        command: CGetRQ | CMoveRQ,
+        counts: Counts,
+        responder: Responder,
+        factory: _RspFactory,
+        started: float,
+        event: str,
+        context: AcceptedContext,
+        comment: str | None = None,
+    ) -> None:
+        cancelled = responder.cancel_requested and counts.remaining > 0
+        if cancelled:
+            code = status.CANCEL
+        elif counts.failed == 0 and counts.warning == 0:
+            code = status.SUCCESS
+        elif counts.completed == 0 and counts.warning == 0:
+            code = status.OUT_OF_RESOURCES_SUBOPS  # every sub-operation failed (A702)
+        else:
+            code = status.SUBOPS_WARNING  # B000: some failed or warned
+        identifier = None
+        if counts.failed_uids:
+            ds = Dataset()
+            ds.FailedSOPInstanceUIDList = counts.failed_uids
+            identifier = _encode(ds, context.transfer_syntax)
+        await responder.respond(
+            factory(
+                command,
+                code,
+                # PS3.4 C.4.2.1.5: the final response has no remaining count, except after a cancel.
+                remaining=counts.remaining if cancelled else None,
+                completed=counts.completed,
+                failed=counts.failed,
+                warning=counts.warning,
+                comment=comment,
+                has_dataset=identifier is not None,
+            ),
+            identifier,
+        )
+        log.info(
+            event,
+            status=f"{code:04X}",
+            completed=counts.completed,
+            failed=counts.failed,
+            warning=counts.warning,
+            remaining=counts.remaining,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+class SubOperations:
+    """The sub-operation loop of C-GET and C-MOVE: instances read in runs, sent one at a time
+    over a sender, their outcomes counted (PS3.4 C.4.2.3.1, C.4.3.3.1)."""
+
+    def __init__(self, resolve: Callable[[str], Path]) -> None:
+        self._resolve = resolve  # an index relpath -> the stored file's path
+
+    async def run(
         self,
         targets: Sequence[Target],
-        counts: _Counts,
-        responder: Responder,
+        counts: Counts,
         sender: _Sender,
-        command: CGetRQ | CMoveRQ,
         *,
         originator: tuple[str, int] | None,
-        pending: _RspFactory,
+        interval: float,
+        cancel: Cancel,
+        report: Report,
     ) -> Sequence[Target]:
         """Send `targets` as sub-operations, adding their outcomes to `counts`. Returns the
         targets not sent because a C-MOVE sub-association was aborted under a data set that
@@ -311,10 +436,9 @@ class RetrieveService:
         run_start = 0  # index in targets of run[0]
         clock = asyncio.get_running_loop().time
         last_response = clock()
-        interval = self._pending_interval  # a reload does not change a retrieve under way
         try:
             for i, target in enumerate(targets):
-                if responder.cancel_requested:
+                if cancel.cancel_requested:
                     break
                 if i - run_start == len(run):
                     loading = ahead or read_next_run()
@@ -365,19 +489,10 @@ class RetrieveService:
                     counts.fail_rest(targets[i + 1 :])
                     break
                 if counts.remaining and clock() - last_response >= interval:
-                    # PS3.4 C.4.2.3.1: pending responses carry the counts, never an identifier.
-                    # They are optional; sent at most every pending_interval seconds.
+                    # PS3.4 C.4.2.3.1: pending responses carry the counts; they are optional,
+                    # reported at most every `interval` seconds.
                     last_response = clock()
-                    await responder.respond(
-                        pending(
-                            command,
-                            status.PENDING,
-                            remaining=counts.remaining,
-                            completed=counts.completed,
-                            failed=counts.failed,
-                            warning=counts.warning,
-                        )
-                    )
+                    await report(counts)
         finally:
             if ahead is not None:
                 ahead.cancel()  # cancelled, or its result dropped: one run's worth at most
@@ -394,7 +509,7 @@ class RetrieveService:
             if choice is None:
                 log.info("sub_operation_no_context", sop_instance_uid=target.sop_instance_uid)
             jobs.append(None if choice is None else (target, choice[1]))
-        read = await asyncio.to_thread(_read_run, self._files, jobs)
+        read = await asyncio.to_thread(_read_run, self._resolve, jobs)
         loaded: list[_Loaded | None] = []
         for target, choice, source in zip(targets, choices, read, strict=True):
             if isinstance(source, Exception):
@@ -427,7 +542,7 @@ class RetrieveService:
         try:
             rsp = await sender.request(context.context_id, rq, source)
         except IncompleteMessage:
-            raise  # see _run
+            raise  # see run()
         except Exception as e:  # the destination went away, timed out, or broke the protocol
             log.warning(
                 "sub_operation_failed", sop_instance_uid=target.sop_instance_uid, error=str(e)
@@ -441,55 +556,6 @@ class RetrieveService:
         if category is status.StatusCategory.WARNING:
             return "warning"
         return "failed"
-
-    async def _finish(
-        self,
-        command: CGetRQ | CMoveRQ,
-        counts: _Counts,
-        responder: Responder,
-        factory: _RspFactory,
-        started: float,
-        event: str,
-        context: AcceptedContext,
-        comment: str | None = None,
-    ) -> None:
-        cancelled = responder.cancel_requested and counts.remaining > 0
-        if cancelled:
-            code = status.CANCEL
-        elif counts.failed == 0 and counts.warning == 0:
-            code = status.SUCCESS
-        elif counts.completed == 0 and counts.warning == 0:
-            code = status.OUT_OF_RESOURCES_SUBOPS  # every sub-operation failed (A702)
-        else:
-            code = status.SUBOPS_WARNING  # B000: some failed or warned
-        identifier = None
-        if counts.failed_uids:
-            ds = Dataset()
-            ds.FailedSOPInstanceUIDList = counts.failed_uids
-            identifier = _encode(ds, context.transfer_syntax)
-        await responder.respond(
-            factory(
-                command,
-                code,
-                # PS3.4 C.4.2.1.5: the final response has no remaining count, except after a cancel.
-                remaining=counts.remaining if cancelled else None,
-                completed=counts.completed,
-                failed=counts.failed,
-                warning=counts.warning,
-                comment=comment,
-                has_dataset=identifier is not None,
-            ),
-            identifier,
-        )
-        log.info(
-            event,
-            status=f"{code:04X}",
-            completed=counts.completed,
-            failed=counts.failed,
-            warning=counts.warning,
-            remaining=counts.remaining,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
 
 
 class _RspFactory(Protocol):
@@ -540,6 +606,26 @@ def _response(
 
 _get_rsp = _response(CGetRSP)
 _move_rsp = _response(CMoveRSP)
+
+
+def _pending_reporter(
+    command: CGetRQ | CMoveRQ, responder: Responder, factory: _RspFactory
+) -> Report:
+    """Reports counts as a Pending response: counts only, never an identifier (PS3.4 C.4.2.3.1)."""
+
+    async def report(counts: Counts) -> None:
+        await responder.respond(
+            factory(
+                command,
+                status.PENDING,
+                remaining=counts.remaining,
+                completed=counts.completed,
+                failed=counts.failed,
+                warning=counts.warning,
+            )
+        )
+
+    return report
 
 
 class _GetSender:
@@ -680,7 +766,7 @@ def _run_end(targets: Sequence[Target], start: int) -> int:
 
 
 def _read_run(
-    files: FileStore, jobs: Sequence[tuple[Target, str | None] | None]
+    resolve: Callable[[str], Path], jobs: Sequence[tuple[Target, str | None] | None]
 ) -> list[DatasetSource | Exception]:
     """(worker thread) Each job's data set: read as stored (syntax None), or converted to the
     syntax given; the error instead where its file cannot be read or converted (that
@@ -691,7 +777,7 @@ def _read_run(
             read.append(None)
             continue
         target, convert_to = job
-        path = files.path(target.relpath)
+        path = resolve(target.relpath)
         try:
             if convert_to is None:
                 read.append(_file_slice(path, target.size))

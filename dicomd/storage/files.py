@@ -273,6 +273,24 @@ def _missing_dirs(path: Path) -> list[Path]:
     return missing
 
 
+def stored_path(root: Path, relpath: str) -> Path:
+    """root / relpath; ValueError for anything absolute, empty, or climbing out with "..".
+
+    Relpaths come from our own index, but the index is a file someone could edit. (A function as
+    well as FileStore.path: a mover process resolves paths without opening the store.)
+    """
+    # Checked on the string (a retrieve asks for every instance it sends): POSIX separators, as
+    # the index stores them.
+    if (
+        relpath.startswith("/")
+        or "\x00" in relpath
+        or not relpath.strip("/.")
+        or ".." in relpath.split("/")
+    ):
+        raise ValueError(f"not a path inside the store: {relpath!r}")
+    return root / relpath
+
+
 class FileStore:
     """The files under `root`; see the module docstring for the layout and durability protocol."""
 
@@ -413,20 +431,8 @@ class FileStore:
         return self._spares.ready if self._spares is not None else 0
 
     def path(self, relpath: str) -> Path:
-        """root / relpath; ValueError for anything absolute, empty, or climbing out with "..".
-
-        Relpaths come from our own index, but the index is a file someone could edit.
-        """
-        # Checked on the string (a retrieve asks for every instance it sends): POSIX separators,
-        # as the index stores them.
-        if (
-            relpath.startswith("/")
-            or "\x00" in relpath
-            or not relpath.strip("/.")
-            or ".." in relpath.split("/")
-        ):
-            raise ValueError(f"not a path inside the store: {relpath!r}")
-        return self.root / relpath
+        """root / relpath; ValueError for anything absolute, empty, or climbing out with ".."."""
+        return stored_path(self.root, relpath)
 
     def remove(self, relpath: str) -> None:
         """Unlink the file if present and fsync its directory."""

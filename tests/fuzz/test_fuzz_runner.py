@@ -38,13 +38,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from structlog.typing import Processor
 
-from dicomd.app import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    SPOOL_SPARES,
-    Runtime,
-    open_runtime,
-)
+from dicomd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomd.app import SPOOL_SPARES, Runtime, open_runtime
 from dicomd.config import Config
 from dicomd.dimse import status
 from dicomd.dimse.messages import CEchoRSP, CStoreRQ, CStoreRSP, decode_command

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomd.app import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomd.dimse import status
 from dicomd.net.requestor import echo
 from tests.conftest import dcmtk_env, free_port, make_config, require_tool, run_server

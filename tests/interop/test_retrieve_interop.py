@@ -725,19 +725,18 @@ async def test_a_move_cancelled_between_its_two_sub_associations(
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     lost = str(uids(files[2]).SOPInstanceUID)
     identifier = _study_identifier(files)
-    real_run = retrieve.RetrieveService._run
+    real_run = retrieve.SubOperations.run
 
     async def run_then_wait_for_the_cancel(
-        self: retrieve.RetrieveService, targets: Any, counts: Any, responder: Any, *a: Any, **k: Any
+        self: retrieve.SubOperations, *a: Any, cancel: retrieve.Cancel, **k: Any
     ) -> Any:
-        unsent = await real_run(self, targets, counts, responder, *a, **k)
-        async with asyncio.timeout(10):
-            # The association sets a flag on C-CANCEL, with no event to wait on: polled.
-            while unsent and not responder.cancel_requested:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        unsent = await real_run(self, *a, cancel=cancel, **k)
+        if unsent:
+            async with asyncio.timeout(10):
+                await cancel.wait_cancel()
         return unsent
 
-    monkeypatch.setattr(retrieve.RetrieveService, "_run", run_then_wait_for_the_cancel)
+    monkeypatch.setattr(retrieve.SubOperations, "run", run_then_wait_for_the_cancel)
 
     def move_and_cancel(port: int) -> list[tuple[int, Any, Dataset | None]]:
         assoc = _move_association(port)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from dicomd.app import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomd.dimse import status
 from dicomd.dimse.messages import CEchoRQ, CEchoRSP, decode_command, encode_command
 from dicomd.net.requestor import AssociationRejectedError, echo

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import structlog
 
-from dicomd.app import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomd.dimse import status
 from dicomd.net.requestor import echo
 from dicomd.storage.index import QUERY_CONNECTIONS

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dicomd.app import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomd.query.model import KEYS
 from dicomd.services.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES
 from dicomd.services.sop_classes import DEFAULT_STORAGE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES

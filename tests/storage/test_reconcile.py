@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
-from dicomd.app import CLEAN_SHUTDOWN_MARKER, IMPLEMENTATION_CLASS_UID
+from dicomd import IMPLEMENTATION_CLASS_UID
+from dicomd.app import CLEAN_SHUTDOWN_MARKER
 from dicomd.storage.files import FileMeta
 from tests.conftest import make_config, run_runtime
 from tests.services.test_store import CT, associate, dataset_bytes, send_store
