@@ -21,6 +21,7 @@ from dicomd.config import Config, ConfigError
 from dicomd.dimse.messages import CEchoRQ, CFindRQ, CGetRQ, CMoveRQ, CStoreRQ, Message
 from dicomd.metrics import MetricsServer
 from dicomd.net.association import ServerState
+from dicomd.net.mover_pool import MoverPool
 from dicomd.net.outbound import open_outbound
 from dicomd.net.server import DicomServer
 from dicomd.services.base import Handler, SinkFactory
@@ -31,6 +32,7 @@ from dicomd.services.retrieve import (
     GET_SOP_CLASSES,
     MOVE_SOP_CLASSES,
     LocalMover,
+    Mover,
     RetrieveService,
 )
 from dicomd.services.sop_classes import DEFAULT_STORAGE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
@@ -67,6 +69,7 @@ class Runtime:
     store: StoreService
     state: ServerState
     retrieve: RetrieveService | None = None
+    movers: MoverPool | None = None
 
     def reload(self, load: Callable[[], Config]) -> None:
         """SIGHUP: apply the remote AE table, the access lists and the retrieve settings of a
@@ -97,6 +100,8 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        if self.movers is not None:
+            await self.movers.close()
         await self.store.close()
         await asyncio.to_thread(self.files.close)
         await self.index.close()
@@ -144,7 +149,12 @@ async def open_runtime(config: Config) -> Runtime:
         pn_case_insensitive=config.query.pn_case_insensitive,
         max_matches=config.query.max_matches,
     )
-    mover = LocalMover(files.path, partial(open_outbound, config))
+    movers: MoverPool | None = None
+    mover: Mover
+    if config.retrieve.move_processes > 0:
+        mover = movers = MoverPool(config, config.retrieve.move_processes)
+    else:
+        mover = LocalMover(files.path, partial(open_outbound, config))
     retrieve = RetrieveService(
         files,
         index,
@@ -154,7 +164,7 @@ async def open_runtime(config: Config) -> Runtime:
         pending_interval=config.retrieve.pending_interval,
     )
     state = build_state(config, store, find, retrieve)
-    return Runtime(config, files, index, store, state, retrieve)
+    return Runtime(config, files, index, store, state, retrieve, movers)
 
 
 def build_state(

@@ -93,6 +93,11 @@ class RetrieveConfig:
     # ends sooner gets its final response only. 0: one after every sub-operation, as most SCPs
     # do, at a cost of a response encoded, sent and read per instance.
     pending_interval: float = 0.25
+    # C-MOVE sub-operations run in up to this many mover processes, started when first needed and
+    # kept; each takes any number of moves, a new move going to the least busy one. Moves then
+    # use more than one core and leave this process's event loop to the other associations.
+    # 0: sub-operations run on the server's own event loop.
+    move_processes: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +374,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"storage.transfer_syntaxes: {uid!r} is not a transfer syntax UID")
     if config.retrieve.pending_interval < 0:
         raise ConfigError("retrieve.pending_interval: must not be negative")
+    if not 0 <= config.retrieve.move_processes <= 64:
+        raise ConfigError("retrieve.move_processes: must be 0 to 64")
     if config.storage.min_free_mb < 0:
         raise ConfigError("storage.min_free_mb: must not be negative")
     if config.index.busy_timeout <= 0:

@@ -172,8 +172,15 @@ def test_retrieve_section() -> None:
     assert from_mapping({"retrieve": {"pending_interval": 0}}).retrieve.pending_interval == 0.0
     env = {"DICOMD_RETRIEVE__PENDING_INTERVAL": "1.5"}
     assert config.load(None, env=env).retrieve.pending_interval == 1.5
+    assert Config().retrieve.move_processes == 2
+    assert from_mapping({"retrieve": {"move_processes": 0}}).retrieve.move_processes == 0
+    env = {"DICOMD_RETRIEVE__MOVE_PROCESSES": "4"}
+    assert config.load(None, env=env).retrieve.move_processes == 4
     for data, message in (
         ({"retrieve": {"pending_interval": -0.1}}, "retrieve.pending_interval: must not be"),
+        ({"retrieve": {"move_processes": -1}}, "retrieve.move_processes: must be 0 to 64"),
+        ({"retrieve": {"move_processes": 65}}, "retrieve.move_processes: must be 0 to 64"),
+        ({"retrieve": {"move_processes": 1.5}}, "retrieve.move_processes: expected"),
         ({"retrieve": {"pending_interval": "1"}}, "retrieve.pending_interval: expected a number"),
         ({"retrieve": {"interval": 1}}, "unknown key retrieve.interval"),
     ):

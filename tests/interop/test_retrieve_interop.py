@@ -386,6 +386,13 @@ async def test_dcmtk_getscu(tmp_path: Path) -> None:
     assert 0 < converted < len(files)
 
 
+def in_process(config: Config) -> Config:
+    """`config` with C-MOVE sub-operations on the server's event loop, not in mover processes:
+    for tests that reach into them with monkeypatch or read their log lines. The mover processes
+    run the same LocalMover; test_mover_processes.py tests what the processes add."""
+    return replace(config, retrieve=replace(config.retrieve, move_processes=0))
+
+
 def _with_remote(config: Config, ae_title: str, port: int) -> Config:
     return replace(config, remote=(RemoteAE(ae_title, "127.0.0.1", port),))
 
@@ -627,7 +634,7 @@ async def _serving_a_damaged_file(
 ) -> AsyncIterator[Any]:
     """dicomd with `dest` as the remote PYDEST and `files` stored, `lost`'s file damaged as
     _fail_mid_stream says; yields the server."""
-    config = _with_remote(make_config(), "PYDEST", dest.port)
+    config = _with_remote(in_process(make_config()), "PYDEST", dest.port)
     async with run_runtime(config) as (server, runtime):
         await asyncio.to_thread(_pynetdicom_store, server.port, files)
         stored = await runtime.index.get(lost)
@@ -816,7 +823,7 @@ async def test_a_move_cancelled_mid_file_aborts_its_sub_association(
 
     dest = await asyncio.to_thread(_Destination)
     try:
-        config = _with_remote(make_config(), "PYDEST", dest.port)
+        config = _with_remote(in_process(make_config()), "PYDEST", dest.port)
         async with run_runtime(config) as (server, _runtime):
             await asyncio.to_thread(_pynetdicom_store, server.port, files)
             await asyncio.to_thread(move_and_abort, server.port)
@@ -919,7 +926,7 @@ async def test_a_destination_that_aborts_mid_move(tmp_path: Path) -> None:
     identifier = _study_identifier(files)
     dest = await asyncio.to_thread(partial(_Destination, abort_at=3))
     try:
-        config = _with_remote(make_config(), "PYDEST", dest.port)
+        config = _with_remote(in_process(make_config()), "PYDEST", dest.port)
         async with run_runtime(config) as (server, _runtime):
             await asyncio.to_thread(_pynetdicom_store, server.port, files)
             with structlog.testing.capture_logs() as logs:
