@@ -93,7 +93,10 @@ def _forget(running: dict[int, Any], job_id: int, _task: asyncio.Task[None]) -> 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, config: Config) -> None:
     """Run the moves the server sends until it closes the link."""
     link = _Link(writer)
-    mover = LocalMover(partial(stored_path, config.storage.root), partial(open_outbound, config))
+    # This loop runs moves only: files are read on it (see SubOperations).
+    mover = LocalMover(
+        partial(stored_path, config.storage.root), partial(open_outbound, config), read_inline=True
+    )
     running: dict[int, tuple[asyncio.Task[None], _JobCancel]] = {}
     # Moves whose targets are still coming: (header, targets so far).
     arriving: dict[int, tuple[tuple[Any, ...], list[Target]]] = {}

@@ -30,6 +30,7 @@ from tests.interop.test_retrieve_interop import (
     by_uid,
     make_study,
     pending_every,
+    uids,
 )
 from tests.interop.test_store_interop import _pynetdicom_store
 
@@ -224,5 +225,32 @@ async def test_an_originator_that_aborts_stops_its_move_in_the_mover(tmp_path: P
             assert runtime.movers.pids == pids
         assert again[-1][0] == status.SUCCESS
         assert dest.received == by_uid(files)
+    finally:
+        await asyncio.to_thread(dest.close)
+
+
+async def test_a_missing_file_fails_alone_in_the_mover(tmp_path: Path) -> None:
+    """The third of six stored files is gone from the disk: the mover process (which reads files
+    on its own loop) fails that one sub-operation, nothing of it sent, and sends the others."""
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    lost = str(uids(files[2]).SOPInstanceUID)
+    dest = await asyncio.to_thread(_Destination)
+    try:
+        config = _with_remote(pending_every(0), "PYDEST", dest.port)
+        async with run_runtime(config) as (server, runtime):
+            await asyncio.to_thread(_pynetdicom_store, server.port, files)
+            stored = await runtime.index.get(lost)
+            assert stored is not None
+            await asyncio.to_thread(runtime.files.path(stored.relpath).unlink)
+            responses = await asyncio.to_thread(
+                _pynetdicom_move, server.port, "PYDEST", _study_identifier(files)
+            )
+            assert runtime.movers is not None and len(runtime.movers.pids) == 1
+        code, final, failed = responses[-1]
+        assert code == status.SUBOPS_WARNING
+        assert final.NumberOfCompletedSuboperations == 5
+        assert final.NumberOfFailedSuboperations == 1
+        assert failed is not None and failed.FailedSOPInstanceUIDList == lost
+        assert dest.received == by_uid(files[:2] + files[3:])
     finally:
         await asyncio.to_thread(dest.close)
