@@ -5,9 +5,11 @@ to a pynetdicom destination; the processes are the server's, found through its M
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -252,5 +254,35 @@ async def test_a_missing_file_fails_alone_in_the_mover(tmp_path: Path) -> None:
         assert final.NumberOfFailedSuboperations == 1
         assert failed is not None and failed.FailedSOPInstanceUIDList == lost
         assert dest.received == by_uid(files[:2] + files[3:])
+    finally:
+        await asyncio.to_thread(dest.close)
+
+
+async def test_a_shutdown_during_a_move_leaves_no_mover_process(tmp_path: Path) -> None:
+    """The server shuts down while its mover holds a move (the destination sits on a C-STORE):
+    the shutdown ends that move and the mover process with it, in bounded time."""
+    files = await asyncio.to_thread(make_study, tmp_path / "in")
+    dest = await asyncio.to_thread(partial(_Destination, stall_at=2, stall=3.0))
+    try:
+        config = _with_remote(pending_every(0), "PYDEST", dest.port)
+        moving: asyncio.Task[Any] | None = None
+        async with run_runtime(config) as (server, runtime):
+            assert runtime.movers is not None
+            await asyncio.to_thread(_pynetdicom_store, server.port, files)
+            moving = asyncio.create_task(
+                asyncio.to_thread(_pynetdicom_move, server.port, "PYDEST", _study_identifier(files))
+            )
+            async with asyncio.timeout(10):
+                while dest.stores < 2:  # noqa: ASYNC110 (counted in pynetdicom's thread)
+                    await asyncio.sleep(0.01)
+            pids = runtime.movers.pids
+            assert len(pids) == 1
+            started = time.monotonic()
+        took = time.monotonic() - started  # run_runtime's shutdown: 2 s to drain, then abort
+        assert not _alive(pids[0])
+        assert took < 8, took
+        assert dest.stores == 2  # nothing more was sent
+        with contextlib.suppress(Exception):
+            await moving
     finally:
         await asyncio.to_thread(dest.close)
