@@ -28,15 +28,10 @@ from dicomd.services.base import Handler, SinkFactory
 from dicomd.services.echo import VERIFICATION_SOP_CLASS, handle_echo
 from dicomd.services.find import FindService
 from dicomd.services.find import extended_negotiation as find_extended_negotiation
-from dicomd.services.retrieve import (
-    GET_SOP_CLASSES,
-    MOVE_SOP_CLASSES,
-    LocalMover,
-    Mover,
-    RetrieveService,
-)
+from dicomd.services.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveService
 from dicomd.services.sop_classes import DEFAULT_STORAGE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from dicomd.services.store import StoreService
+from dicomd.services.suboperations import LocalMover, Mover
 from dicomd.storage.files import FileStore
 from dicomd.storage.index import Index
 from dicomd.storage.reconcile import reconcile

@@ -32,7 +32,7 @@ import structlog
 
 from dicomd.config import Config
 from dicomd.net import mover_wire as wire
-from dicomd.services.retrieve import Cancel, Counts, MoveJob, MoverLost, Report
+from dicomd.services.suboperations import Cancel, Counts, MoveJob, MoverLost, Report
 
 log = structlog.get_logger("dicomd.movers")
 

@@ -25,7 +25,7 @@ from dicomd import log as logsetup
 from dicomd.config import Config, RemoteAE
 from dicomd.net import mover_wire as wire
 from dicomd.net.outbound import open_outbound
-from dicomd.services.retrieve import Counts, LocalMover, MoveJob, Target
+from dicomd.services.suboperations import Counts, LocalMover, MoveJob, Target
 from dicomd.storage.files import stored_path
 
 log = structlog.get_logger("dicomd.mover")

@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from dicomd.config import Config, RemoteAE, RetrieveConfig
 from dicomd.dimse import status
 from dicomd.net import channel
-from dicomd.services import retrieve
+from dicomd.services import suboperations
 from dicomd.services.base import FileSlice
 from tests import dicomgen
 from tests.conftest import free_port, make_config, require_tool, run_runtime
@@ -243,7 +243,7 @@ async def test_files_read_in_many_chunks_arrive_byte_identical(
 ) -> None:
     # Files past PRELOAD are streamed by the sender, a FILE_CHUNK at a time: make every file
     # take that path.
-    monkeypatch.setattr(retrieve, "PRELOAD", 0)
+    monkeypatch.setattr(suboperations, "PRELOAD", 0)
     monkeypatch.setattr(channel, "FILE_CHUNK", 1000)
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     study = str(uids(files[0]).StudyInstanceUID)
@@ -331,28 +331,28 @@ async def test_an_unreadable_file_fails_its_sub_operation_only(tmp_path: Path, d
 
 
 def test_runs_of_instances_read_at_once_are_bounded_in_count_and_bytes() -> None:
-    def targets(*sizes: int) -> list[retrieve.Target]:
+    def targets(*sizes: int) -> list[suboperations.Target]:
         return [
-            retrieve.Target(f"1.2.{i}", CT, ExplicitVRLittleEndian, "x", n)
+            suboperations.Target(f"1.2.{i}", CT, ExplicitVRLittleEndian, "x", n)
             for i, n in enumerate(sizes)
         ]
 
     small = targets(*[8_000] * 40)
-    assert [retrieve._run_end(small, start) for start in (0, 16, 32)] == [16, 32, 40]
+    assert [suboperations._run_end(small, start) for start in (0, 16, 32)] == [16, 32, 40]
     ct = targets(*[520_000] * 5)  # two fit in LOAD_BYTES, a third does not
-    assert [retrieve._run_end(ct, start) for start in (0, 2, 4)] == [2, 4, 5]
+    assert [suboperations._run_end(ct, start) for start in (0, 2, 4)] == [2, 4, 5]
     big = targets(5 << 20, 1000, 600_000, 600_000)  # one file at least, whatever its size
-    assert [retrieve._run_end(big, start) for start in (0, 1, 2, 3)] == [1, 3, 3, 4]
+    assert [suboperations._run_end(big, start) for start in (0, 1, 2, 3)] == [1, 3, 3, 4]
 
 
 def test_a_file_to_convert_is_checked_against_its_indexed_size(tmp_path: Path) -> None:
     (path,) = make_study(tmp_path, n_series=1, per_series=1)  # Implicit VR Little Endian
     size = path.stat().st_size
-    converted = retrieve._convert(path, size, ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+    converted = suboperations._convert(path, size, ImplicitVRLittleEndian, ExplicitVRLittleEndian)
     back = read_dataset(io.BytesIO(converted), is_implicit_VR=False, is_little_endian=True)
     assert back == pydicom.dcmread(path)
     with pytest.raises(OSError, match="the index says"):
-        retrieve._convert(path, size + 2, ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+        suboperations._convert(path, size + 2, ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 
 
 async def test_dcmtk_getscu(tmp_path: Path) -> None:
@@ -608,9 +608,9 @@ def _fail_mid_stream(monkeypatch: pytest.MonkeyPatch, victim: Path, *, gone: boo
     just after it was found whole: its first chunk reads, a later one comes short, once the
     C-STORE-RQ and part of the data set are on the wire. With `gone`, the file is removed
     instead, so that its first read fails."""
-    monkeypatch.setattr(retrieve, "PRELOAD", 0)
+    monkeypatch.setattr(suboperations, "PRELOAD", 0)
     monkeypatch.setattr(channel, "FILE_CHUNK", 1000)
-    real = retrieve._file_slice
+    real = suboperations._file_slice
 
     def damaged(path: Path, indexed_size: int) -> FileSlice:
         source = real(path, indexed_size)
@@ -620,7 +620,7 @@ def _fail_mid_stream(monkeypatch: pytest.MonkeyPatch, victim: Path, *, gone: boo
             os.truncate(path, source.offset + 2500)
         return source
 
-    monkeypatch.setattr(retrieve, "_file_slice", damaged)
+    monkeypatch.setattr(suboperations, "_file_slice", damaged)
 
 
 @contextlib.asynccontextmanager
@@ -732,10 +732,10 @@ async def test_a_move_cancelled_between_its_two_sub_associations(
     files = await asyncio.to_thread(make_study, tmp_path / "in")
     lost = str(uids(files[2]).SOPInstanceUID)
     identifier = _study_identifier(files)
-    real_run = retrieve.SubOperations.run
+    real_run = suboperations.SubOperations.run
 
     async def run_then_wait_for_the_cancel(
-        self: retrieve.SubOperations, *a: Any, cancel: retrieve.Cancel, **k: Any
+        self: suboperations.SubOperations, *a: Any, cancel: suboperations.Cancel, **k: Any
     ) -> Any:
         unsent = await real_run(self, *a, cancel=cancel, **k)
         if unsent:
@@ -743,7 +743,7 @@ async def test_a_move_cancelled_between_its_two_sub_associations(
                 await cancel.wait_cancel()
         return unsent
 
-    monkeypatch.setattr(retrieve.SubOperations, "run", run_then_wait_for_the_cancel)
+    monkeypatch.setattr(suboperations.SubOperations, "run", run_then_wait_for_the_cancel)
 
     def move_and_cancel(port: int) -> list[tuple[int, Any, Dataset | None]]:
         assoc = _move_association(port)
@@ -784,7 +784,7 @@ async def test_a_move_cancelled_mid_file_aborts_its_sub_association(
     """The originator aborts its C-MOVE while a file is half-way to the destination: the
     sub-association ends in an A-ABORT, not an A-RELEASE-RQ after half a message."""
 
-    monkeypatch.setattr(retrieve, "PRELOAD", 0)
+    monkeypatch.setattr(suboperations, "PRELOAD", 0)
     monkeypatch.setattr(channel, "FILE_CHUNK", 1000)
     reading, resume = threading.Event(), threading.Event()
     real = channel._open_and_read
