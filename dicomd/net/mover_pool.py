@@ -186,7 +186,6 @@ class _MoverProcess:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         error = "its link closed"
-        lost: list[_Job] = []
         try:
             while (message := await wire.read(reader)) is not None:
                 job = self.jobs.get(message[1])

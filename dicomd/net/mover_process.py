@@ -80,8 +80,7 @@ async def _run_job(
         comment = await mover.move(job, counts, report, cancel)
     except Exception as e:  # a bug, not a destination's failure (those are counted): say so
         log.exception("mover_job_failed")
-        done = counts.completed + counts.failed + counts.warning
-        counts.fail_rest(job.targets[done:])
+        counts.fail_unfinished(job.targets)
         comment = f"mover failed: {e}"[:64]
     await link.send(message("done", comment))
 

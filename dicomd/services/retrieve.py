@@ -163,9 +163,8 @@ class RetrieveService:
                 else None  # nothing to send: no association to the destination
             )
         except MoverLost as e:
-            done = counts.completed + counts.failed + counts.warning
-            log.error("c_move_mover_lost", error=str(e), failed=len(targets) - done)
-            counts.fail_rest(targets[done:])
+            failed = counts.fail_unfinished(targets)
+            log.error("c_move_mover_lost", error=str(e), failed=failed)
             comment = "sub-operations stopped: mover process lost"
         await self._finish(
             command,

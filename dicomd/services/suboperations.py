@@ -98,6 +98,13 @@ class Counts:
             self.add("failed", target.sop_instance_uid)
         self.remaining = 0
 
+    def fail_unfinished(self, targets: Sequence[Target]) -> int:
+        """Count as failed every one of `targets` (all of a job's, in order) past those with an
+        outcome: sub-operations run in order, so these are a prefix. Returns how many failed."""
+        finished = self.completed + self.failed + self.warning
+        self.fail_rest(targets[finished:])
+        return len(targets) - finished
+
 
 @dataclass(frozen=True, slots=True)
 class MoveJob:
