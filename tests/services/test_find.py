@@ -12,9 +12,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 
 from dicomd.config import QueryConfig
 from dicomd.dimse import status
@@ -34,23 +32,9 @@ from tests.query.data import (
     record_of,
     standard_instances,
 )
+from tests.query.test_identifier import BIG, DEFLATED, EXPLICIT, IMPLICIT, encode
 
-IMPLICIT = "1.2.840.10008.1.2"
-EXPLICIT = "1.2.840.10008.1.2.1"
-BIG = "1.2.840.10008.1.2.2"
-DEFLATED = "1.2.840.10008.1.2.1.99"
 MODELS = (PATIENT_ROOT, STUDY_ROOT, PATIENT_STUDY_ONLY)
-
-
-def encode(ds: Dataset, ts: str) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_implicit_VR, fp.is_little_endian = ts == IMPLICIT, ts != BIG
-    write_dataset(fp, ds)
-    data = fp.getvalue()
-    if ts == DEFLATED:
-        c = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = c.compress(data) + c.flush()
-    return data
 
 
 def decode(data: bytes, ts: str) -> Dataset:
