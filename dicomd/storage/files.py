@@ -177,12 +177,29 @@ class Spool:
     """A dataset being received: File Meta plus the fragments so far, in root/tmp.
 
     Used by one thread at a time. After install() or discard() it is finished; discard() is then a
-    no-op, so a caller may discard unconditionally on its error paths.
+    no-op, so a caller may discard unconditionally on its error paths. `on_gone` is called once the
+    file has left tmp/ by a discard (the store refills its spare pool then, as after an install).
     """
 
-    __slots__ = ("_file", "_finished", "_fsync", "_hash", "dataset_offset", "path", "size")
+    __slots__ = (
+        "_file",
+        "_finished",
+        "_fsync",
+        "_hash",
+        "_on_gone",
+        "dataset_offset",
+        "path",
+        "size",
+    )
 
-    def __init__(self, path: Path, file: BinaryIO, *, fsync: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        file: BinaryIO,
+        *,
+        fsync: bool,
+        on_gone: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self.size = 0  # bytes written so far, preamble and meta included
         self.dataset_offset = 0  # set by FileStore.create_spool once the meta is written
@@ -190,6 +207,7 @@ class Spool:
         self._fsync = fsync
         self._hash = hashlib.sha256()
         self._finished = False
+        self._on_gone = on_gone
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append `data` and fold it into the running SHA-256."""
@@ -234,6 +252,8 @@ class Spool:
                 file.close()
         with suppress(OSError):
             os.unlink(self.path)
+        if self._on_gone is not None:
+            self._on_gone()
 
     def _live_file(self) -> BinaryIO:
         if self._file is None:
@@ -367,7 +387,9 @@ class FileStore:
                 file = create(self._opener, path)
             except OSError as exc:
                 raise _mapped(exc, f"creating {path.name}") from exc
-        spool = Spool(path, file, fsync=self._fsync)
+        # A refused store discards its spool: that frees tmp/ as an install does (spares.py).
+        refill = self._spares.refill if self._spares is not None else None
+        spool = Spool(path, file, fsync=self._fsync, on_gone=refill)
         spool.write(header)  # maps its own errors and removes the file
         spool.dataset_offset = len(header)
         return spool

@@ -152,6 +152,27 @@ def test_spools_come_from_the_spares_and_install_as_usual(tmp_path: Path) -> Non
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_a_discarded_spool_refills_the_pool_as_an_install_does(tmp_path: Path) -> None:
+    # A refused store (out of space, a dataset that does not match its command) discards its
+    # spool; the stores after it must still find a spare ready.
+    store = FileStore(tmp_path, spares=2)
+    try:
+        store.create_spool(FileMeta(CT, "1.2.3", IMPLICIT, "1.2", "", "")).discard()
+        for n in range(3):
+            wait_until(lambda: store.spares_ready == 2)
+            time.sleep(0.05)  # the filling thread has seen the pool full and waits for a refill
+            spool = store.create_spool(FileMeta(CT, f"1.2.3.{n}", IMPLICIT, "1.2", "", ""))
+            assert spool.path.suffix == ".part"
+            time.sleep(0.05)
+            assert store.spares_ready == 1  # taking a spare does not wake the thread
+            spool.discard()
+            wait_until(lambda: store.spares_ready == 2)
+        assert names(tmp_path / "tmp", ".part") == []
+    finally:
+        store.close()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_clean_tmp_removes_spares_and_counts_only_spools(tmp_path: Path) -> None:
     store = FileStore(tmp_path, spares=2)
     store.create_spool(FileMeta(CT, "1.2.3", IMPLICIT, "1.2", "", "")).write(b"half")
