@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 
 import structlog
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__, metrics
 from dicomd.config import Config, ConfigError
@@ -38,12 +37,17 @@ from dicomd.storage.reconcile import reconcile
 from dicomd.systemd import Notifier, cancel_watchdog
 from dicomd.systemd import watchdog as systemd_watchdog
 from dicomd.tls import server_context
+from dicomd.transfer_syntaxes import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+)
 from dicomd.ul.negotiation import AcceptorPolicy
 
 log = structlog.get_logger("dicomd.app")
 
-UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian))
-DEFLATED_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1.99"
+UNCOMPRESSED = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, EXPLICIT_VR_BE)
 
 
 # Written at a clean shutdown, removed at start-up: its absence means the last run ended in a crash and
@@ -184,7 +188,7 @@ def build_state(
     extended: dict[str, Callable[[bytes], bytes | None]] = {}
     if find is not None:
         # Identifiers are small: the uncompressed syntaxes, and Deflated for those who ask.
-        find_ts = (*UNCOMPRESSED, DEFLATED_EXPLICIT_LITTLE)
+        find_ts = (*UNCOMPRESSED, DEFLATED_EXPLICIT_VR_LE)
         for sop_class in find.sop_classes:
             abstract_syntaxes[sop_class] = find_ts
             handlers[(sop_class, CFindRQ)] = find.handle

@@ -16,6 +16,7 @@ from dicomd.dimse.fragments import CommandReceived, MessageAssembler
 from dicomd.dimse.messages import CEchoRQ, CEchoRSP, Message, has_dataset
 from dicomd.net.channel import Channel, IdleTimeout, set_nodelay
 from dicomd.services.base import DatasetSource
+from dicomd.transfer_syntaxes import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomd.ul.codes import ContextResult
 from dicomd.ul.connection import (
     Aborted,
@@ -41,8 +42,6 @@ from dicomd.ul.negotiation import DICOM_APPLICATION_CONTEXT, AcceptedContext, Pr
 from dicomd.ul.pdu import AssociateAC, AssociateRJ, AssociateRQ
 
 VERIFICATION = "1.2.840.10008.1.1"
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 
 class AssociationError(Exception):

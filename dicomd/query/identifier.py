@@ -34,13 +34,12 @@ from pydicom.valuerep import PersonName
 
 from dicomd.dimse import status
 from dicomd.query.model import KEYS, UNIQUE_KEYS, InformationModel, KeyDef, Level
-from dicomd.storage.scan import (
-    DEFLATED,
+from dicomd.storage.scan import ScanError, scan
+from dicomd.transfer_syntaxes import (
+    DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
-    ScanError,
-    scan,
 )
 
 __all__ = [
@@ -116,7 +115,7 @@ class Query:
 
 def read_identifier(data: bytes, transfer_syntax: str) -> Dataset:
     """The identifier as a pydicom Dataset, its structure checked first; QueryError (C001) if not."""
-    if transfer_syntax == DEFLATED:
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
         data = _inflate(data)
         transfer_syntax = EXPLICIT_VR_LE
     try:

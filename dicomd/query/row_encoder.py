@@ -58,7 +58,7 @@ from dicomd.query.response import (
     _Simple,
     response_identifier,
 )
-from dicomd.storage.scan import DEFLATED, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from dicomd.transfer_syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 __all__ = ["STATELESS_CHARSETS", "ResponseEncoder"]
 
@@ -128,7 +128,7 @@ class ResponseEncoder:
         self._transfer_syntax = transfer_syntax
         self._implicit = transfer_syntax == IMPLICIT_VR_LE
         self._little = transfer_syntax != EXPLICIT_VR_BE
-        self._deflate = transfer_syntax == DEFLATED
+        self._deflate = transfer_syntax == DEFLATED_EXPLICIT_VR_LE
         self._binary = (self._implicit, self._little, ["iso8859"])
         charsets = query.charsets
         known = all(cs in python_encoding for cs in charsets)

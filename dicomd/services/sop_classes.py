@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from pydicom._uid_dict import UID_dictionary
 
+from dicomd.transfer_syntaxes import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+)
+
 # Registry entries named "... Storage" that are not composite objects of a patient's study:
 # DICOMDIR, Storage Commitment, print management, and the non-patient objects (hanging protocols,
 # palettes, implant templates, procedure protocols, inventories) that have no Study to index under.
@@ -42,11 +49,6 @@ def _storage_sop_classes() -> frozenset[str]:
 
 
 STORAGE_SOP_CLASSES: frozenset[str] = _storage_sop_classes()
-
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
 
 # Our default order of preference when one presentation context proposes several. A proposal of a
 # compressed syntax means the SCU holds the image that way (DCMTK's storescu offers the file's own

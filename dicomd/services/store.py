@@ -40,7 +40,8 @@ from dicomd.storage.files import (
 )
 from dicomd.storage.index import Index, IndexUnavailable, PutResult
 from dicomd.storage.record import InstanceRecord, RecordError, record_from_dataset
-from dicomd.storage.scan import EXPLICIT_VR_BE, ScanError, scan, scan_bytes
+from dicomd.storage.scan import ScanError, scan, scan_bytes
+from dicomd.transfer_syntaxes import EXPLICIT_VR_BE
 from dicomd.ul.negotiation import AcceptedContext
 
 log = structlog.get_logger("dicomd.store")

@@ -28,6 +28,12 @@ from dicomd.dimse import status
 from dicomd.dimse.messages import CStoreRQ, CStoreRSP, Message
 from dicomd.services.base import DatasetSource, FileSlice, IncompleteMessage, OpenOutbound, Outbound
 from dicomd.storage.files import PART10_HEAD, dataset_offset
+from dicomd.transfer_syntaxes import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+)
 from dicomd.ul.negotiation import AcceptedContext, ProposedContext
 
 if TYPE_CHECKING:
@@ -35,11 +41,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("dicomd.retrieve")
 
-# Transfer syntaxes (PS3.5 Annex A), spelled out: importing pydicom's would load pydicom.
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
 _UNCOMPRESSED = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE)
 
 

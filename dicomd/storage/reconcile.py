@@ -22,7 +22,8 @@ from pydicom.filereader import read_file_meta_info
 from dicomd.storage.files import PART10_HEAD, FileStore, dataset_offset
 from dicomd.storage.index import Index
 from dicomd.storage.record import InstanceRecord, RecordError, record_from_dataset
-from dicomd.storage.scan import EXPLICIT_VR_BE, ScanError, scan
+from dicomd.storage.scan import ScanError, scan
+from dicomd.transfer_syntaxes import EXPLICIT_VR_BE
 
 log = structlog.get_logger("dicomd.reconcile")
 

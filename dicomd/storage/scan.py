@@ -29,6 +29,13 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
+from dicomd.transfer_syntaxes import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+)
+
 MAX_DEPTH = 64
 MAX_ELEMENTS = 1_000_000
 # A Deflated dataset (rare: SRs, small images) inflates to at most this, held in memory to walk it.
@@ -55,10 +62,6 @@ _VRS = {
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
 
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-DEFLATED = "1.2.840.10008.1.2.1.99"
 _WINDOW = 64 * 1024
 
 
@@ -278,14 +281,14 @@ def _implicit_vr(tag: int) -> str:
 
 def scan(f: BinaryIO, start: int, end: int, transfer_syntax_uid: str) -> Scanned:
     """Walk the dataset in f[start:end], encoded in `transfer_syntax_uid`."""
-    if transfer_syntax_uid == DEFLATED:
+    if transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE:
         return scan_bytes(_inflate(f, start, end), EXPLICIT_VR_LE)
     return _walk(_Source(f, start, end), start, end, transfer_syntax_uid)
 
 
 def scan_bytes(data: bytes | bytearray, transfer_syntax_uid: str) -> Scanned:
     """Walk a dataset held in memory, encoded in `transfer_syntax_uid` (same result as scan())."""
-    if transfer_syntax_uid == DEFLATED:
+    if transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE:
         return scan(io.BytesIO(data), 0, len(data), transfer_syntax_uid)
     return _walk(_Source.holding(bytes(data)), 0, len(data), transfer_syntax_uid)
 
