@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, NamedTuple
 
@@ -43,7 +42,12 @@ from dicomd.query.identifier import (
 )
 from dicomd.query.matching import is_universal, python_match
 from dicomd.query.plan import Output, Plan, Source
-from dicomd.transfer_syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from dicomd.transfer_syntaxes import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    IMPLICIT_VR_LE,
+    deflate,
+)
 
 __all__ = ["UTF8", "choose_charsets", "response_identifier"]
 
@@ -116,10 +120,7 @@ def response_identifier(
         else:
             out += _encode_element(part, implicit, little, encodings)
     data = bytes(out)
-    if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
-        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = compressor.compress(data) + compressor.flush()
-    return data
+    return deflate(data) if transfer_syntax == DEFLATED_EXPLICIT_VR_LE else data
 
 
 def _answer(

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import struct
-import zlib
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from types import CodeType
@@ -58,7 +57,12 @@ from dicomd.query.response import (
     _Simple,
     response_identifier,
 )
-from dicomd.transfer_syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from dicomd.transfer_syntaxes import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    IMPLICIT_VR_LE,
+    deflate,
+)
 
 __all__ = ["STATELESS_CHARSETS", "ResponseEncoder"]
 
@@ -336,8 +340,7 @@ class ResponseEncoder:
 
     def _finish(self, result: bytes | None) -> bytes | None:
         if result is not None and self._deflate:
-            compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-            result = compressor.compress(result) + compressor.flush()
+            return deflate(result)
         return result
 
     def _generate(self) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from dicomd.transfer_syntaxes import (
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
+    deflate,
 )
 from dicomd.ul.negotiation import AcceptedContext, ProposedContext
 
@@ -500,10 +500,7 @@ def encode(ds: Dataset, transfer_syntax: str) -> bytes:
     fp.is_little_endian = transfer_syntax != EXPLICIT_VR_BE
     write_dataset(fp, ds)
     data = fp.getvalue()
-    if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
-        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = compressor.compress(data) + compressor.flush()
-    return data
+    return deflate(data) if transfer_syntax == DEFLATED_EXPLICIT_VR_LE else data
 
 
 async def _close(outbound: Outbound) -> None:
