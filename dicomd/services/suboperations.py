@@ -303,8 +303,8 @@ class SubOperations:
 
     async def _load(self, targets: Sequence[Target], sender: _Sender) -> list[_Loaded | None]:
         """For each target, the context to send it on and its data set, read (and converted) in
-        one trip to a thread for them all (or read_inline, see __init__); None (logged) when no accepted context takes it or the
-        file cannot be read."""
+        one trip to a thread for them all (or on the loop with read_inline, see __init__); None
+        (logged) when no accepted context takes it or the file cannot be read."""
         choices = [_choose_context(sender.contexts, target) for target in targets]
         jobs: list[tuple[Target, str | None] | None] = []
         for target, choice in zip(targets, choices, strict=True):

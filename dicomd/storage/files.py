@@ -279,8 +279,8 @@ class StoredFile:
 
 # --- the store ------------------------------------------------------------------------------------
 
-_DIR_MODE: Final = 0o750
-FAN_OUT_CHARS: Final = 3  # hex digits of the UID hash naming the directory: 4096 directories  # matches the 0o640 of the files: owner writes, group reads
+_DIR_MODE: Final = 0o750  # matches the 0o640 of the files: owner writes, group reads
+FAN_OUT_CHARS: Final = 3  # hex digits of the UID hash naming the directory: 4096 directories
 
 
 def _missing_dirs(path: Path) -> list[Path]:

@@ -11,10 +11,10 @@ The pool keeps a few empty files ready in tmp/, named `<uuid>.spare`. Taking one
 `<uuid>.part`: a directory entry changes, nothing is allocated. A background thread makes its
 replacement once the spool has left tmp/, installed or discarded (FileStore.install and the
 spool's discard call refill()), not when it is taken: while the thread creates a file in tmp/ it
-holds the directory's lock, and the install's rename out of tmp/ would wait for it. Woken at take(), the thread's create and that rename met on
-every C-STORE: with creates at 1.1 ms, the rename took 390 us (CT) and 700 us (small instances)
-instead of 12 us; woken after it, 25 us and 160 us (the next instance can still arrive before
-the create is over). The store never depends on the pool: when it is empty, or the thread cannot
+holds the directory's lock, and the install's rename out of tmp/ would wait for it. Woken at
+take(), the thread's create and that rename met on every C-STORE: with creates at 1.1 ms, the
+rename took 390 us (CT) and 700 us (small instances) instead of 12 us; woken after it, 25 us and
+160 us (the next instance can still arrive before the create is over). The store never depends on the pool: when it is empty, or the thread cannot
 create files (a full disk), the caller creates its spool itself and meets the error there, where
 it is answered.
 
