@@ -178,7 +178,7 @@ class Spool:
 
     Used by one thread at a time. After install() or discard() it is finished; discard() is then a
     no-op, so a caller may discard unconditionally on its error paths. `on_gone` is called once the
-    file has left tmp/ by a discard (the store refills its spare pool then, as after an install).
+    file has left tmp/, installed or discarded (the store refills its spare pool then).
     """
 
     __slots__ = (
@@ -268,6 +268,8 @@ class Spool:
 
     def _mark_installed(self) -> None:
         self._finished = True
+        if self._on_gone is not None:
+            self._on_gone()
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +389,7 @@ class FileStore:
                 file = create(self._opener, path)
             except OSError as exc:
                 raise _mapped(exc, f"creating {path.name}") from exc
-        # A refused store discards its spool: that frees tmp/ as an install does (spares.py).
+        # Installed or discarded (a refused store), the spool leaves tmp/: see spares.py.
         refill = self._spares.refill if self._spares is not None else None
         spool = Spool(path, file, fsync=self._fsync, on_gone=refill)
         spool.write(header)  # maps its own errors and removes the file
@@ -432,9 +434,7 @@ class FileStore:
         except BaseException:
             spool.discard()
             raise
-        spool._mark_installed()
-        if self._spares is not None:
-            self._spares.refill()  # now that tmp/ is free again (spares.py)
+        spool._mark_installed()  # tmp/ is free again: the spare pool refills (spares.py)
         if self._fsync:
             try:
                 _fsync_dir(final.parent)
