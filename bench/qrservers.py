@@ -93,9 +93,7 @@ class QRServer:
             return common.count_files(workdir / "store" / "objects")
         if self.key == "orthanc":
             assert launch.http_port is not None
-            url = f"http://{HOST}:{launch.http_port}/statistics"
-            with urllib.request.urlopen(url, timeout=30) as response:
-                return int(json.load(response)["CountInstances"])
+            return orthanc_instances(launch.http_port)
         area = workdir / "dcmqrscp" / self.ae_title
         return sum(1 for p in area.iterdir() if p.is_file() and p.name != "index.dat")
 
@@ -169,6 +167,18 @@ def orthanc_config(
     return json.dumps(config, indent=2) + "\n"
 
 
+def orthanc_instances(http_port: int) -> int:
+    """How many instances an Orthanc holds: CountInstances of its REST /statistics (loopback)."""
+    url = f"http://{HOST}:{http_port}/statistics"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return int(json.load(response)["CountInstances"])
+
+
+def find_orthanc() -> str | None:
+    """Orthanc's executable: on PATH, else Debian's /usr/sbin/Orthanc."""
+    return shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
+
+
 def dcmqrscp_config(workdir: Path, port: int, destinations: Sequence[Destination]) -> str:
     area = workdir / "dcmqrscp" / DCMQRSCP_AET
     area.mkdir(parents=True, exist_ok=True)
@@ -228,7 +238,7 @@ def find_peers(tool_names: Sequence[str]) -> Peers:
     peers.dcmqrscp = common.find_dcmtk("dcmqrscp")
     found = f"{peers.dcmqrscp}" if peers.dcmqrscp else f"MISSING ({INSTALL['dcmtk']})"
     print(f"  DCMTK dcmqrscp  {found}")
-    peers.orthanc = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
+    peers.orthanc = find_orthanc()
     if peers.orthanc:
         print(f"  Orthanc         {peers.orthanc} ({orthanc_version(peers.orthanc)})")
     else:

@@ -7,21 +7,28 @@
   (uncompressed), writing to `-od out/`. It has no bind-address option: it listens on all
   interfaces, and only loopback clients talk to it.
 - pynetdicom's storescp app: `python -m pynetdicom storescp PORT -ba 127.0.0.1 -od out/`.
+- Orthanc: `Orthanc orthanc.json`, the configuration of the Q/R benchmarks (qrservers.py): DICOM
+  and HTTP on loopback, storage and index in the run's directory, no plugins, its defaults
+  otherwise (4 DICOM threads; each file fsynced, SQLite WAL with synchronous=NORMAL). What it
+  stored is counted through its REST API.
 
-Each keeps its own default maximum PDU length (dicomd 256 KiB, storescp and pynetdicom 16 KiB).
+Each keeps its own default maximum PDU length (dicomd 256 KiB, the others 16 KiB).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import HOST, count_files
+from bench.common import HOST, count_files, free_port
+from bench.qrservers import ORTHANC_AET, orthanc_config, orthanc_instances
 
 DICOMD_AET = "DICOMD"
 STORESCP_AET = "STORESCP"
+__all__ = ["DICOMD_AET", "ORTHANC_AET", "STORESCP_AET", "Server", "dicomd_accepts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +38,7 @@ class Server:
     key: str
     label: str
     ae_title: str
-    storescp: str | None = None  # DCMTK's binary, for the storescp row
+    binary: str | None = None  # DCMTK storescp's or Orthanc's executable
     durability: str | None = None  # dicomd's [storage] durability, None: the default
 
     def argv(self, workdir: Path, port: int) -> list[str]:
@@ -40,11 +47,16 @@ class Server:
             config = workdir / "dicomd.toml"
             config.write_text(dicomd_config(workdir, port, self.durability))
             return [sys.executable, "-m", "dicomd.cli", "serve", "--config", str(config)]
+        if self.key == "orthanc":
+            assert self.binary is not None
+            config = workdir / "orthanc.json"
+            config.write_text(orthanc_config(workdir, port, free_port(), ()))
+            return [self.binary, str(config)]
         out = workdir / "out"
         out.mkdir(parents=True, exist_ok=True)
         if self.key == "storescp":
-            assert self.storescp is not None
-            return [self.storescp, "-aet", self.ae_title, "-od", str(out), str(port)]
+            assert self.binary is not None
+            return [self.binary, "-aet", self.ae_title, "-od", str(out), str(port)]
         return [
             *(sys.executable, "-m", "pynetdicom", "storescp", str(port)),
             *("-aet", self.ae_title, "-ba", HOST, "-od", str(out)),
@@ -57,6 +69,9 @@ class Server:
             if objects.exists():
                 return count_files(objects)
             return count_files(workdir / "store", "*.dcm")
+        if self.key == "orthanc":  # asked while it runs, on the HTTP port its configuration names
+            config = json.loads((workdir / "orthanc.json").read_text())
+            return orthanc_instances(int(config["HttpPort"]))
         return count_files(workdir / "out")
 
 

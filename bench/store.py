@@ -1,4 +1,5 @@
-"""C-STORE throughput: the same files sent with DCMTK storescu to dicomd, DCMTK storescp, pynetdicom.
+"""C-STORE throughput: the same files sent with DCMTK storescu to dicomd, DCMTK storescp, pynetdicom
+and Orthanc.
 
 Scenarios: (a) 400 CT instances of 512 KiB over one association, (b) the same over 4 concurrent
 associations (4 storescu processes of 100 files each), (c) 3000 small instances of 5-10 KB over one
@@ -22,7 +23,8 @@ from typing import Any
 
 from bench import common
 from bench.common import HOST, MB, BenchError, Monitor, cpu_seconds
-from bench.servers import DICOMD_AET, STORESCP_AET, Server, dicomd_accepts
+from bench.qrservers import INSTALL, find_orthanc, orthanc_version
+from bench.servers import DICOMD_AET, ORTHANC_AET, STORESCP_AET, Server, dicomd_accepts
 from tests import dicomgen
 
 PARTS = 4  # the data are split into this many directories, one per concurrent association
@@ -88,6 +90,9 @@ def check_peers(tmp: Path, wanted: list[str]) -> tuple[Tools | None, list[Server
         print(f"  DCMTK {name:9s} {found}")
     pynetdicom = common.has_module("pynetdicom")
     print(f"  pynetdicom      {common.version_of('pynetdicom') if pynetdicom else 'MISSING'}")
+    orthanc = find_orthanc()
+    found = f"{orthanc} ({orthanc_version(orthanc)})" if orthanc else "MISSING"
+    print(f"  Orthanc         {found}")
     print(f"  dicomd          {common.version_of('dicomd')} ({common.git_revision()})")
     skipped: list[str] = []
     if not (storescp and storescu and echoscu):
@@ -97,7 +102,7 @@ def check_peers(tmp: Path, wanted: list[str]) -> tuple[Tools | None, list[Server
     servers: list[Server] = []
     if "storescp" in wanted:
         if storescp:
-            servers.append(Server("storescp", "DCMTK storescp", STORESCP_AET, storescp=storescp))
+            servers.append(Server("storescp", "DCMTK storescp", STORESCP_AET, binary=storescp))
         else:
             skipped.append("DCMTK storescp: not installed (apt-get install dcmtk)")
     if "dicomd" in wanted:
@@ -117,6 +122,11 @@ def check_peers(tmp: Path, wanted: list[str]) -> tuple[Tools | None, list[Server
             servers.append(Server("pynetdicom", "pynetdicom storescp", STORESCP_AET))
         else:
             skipped.append("pynetdicom storescp: not installed (pip install pynetdicom)")
+    if "orthanc" in wanted:
+        if orthanc:
+            servers.append(Server("orthanc", "Orthanc", ORTHANC_AET, binary=orthanc))
+        else:
+            skipped.append(f"Orthanc: not installed ({INSTALL['orthanc']})")
     tools = Tools(storescu, echoscu) if storescu and echoscu else None
     return tools, servers, skipped
 
@@ -219,7 +229,7 @@ def run_one(
                     run.wall_s = time.monotonic() - started
                     run.cpu_s = cpu_seconds(proc.pid) - cpu_before
             run.peak_rss_mb = monitor.peak_rss_bytes / MB
-        run.stored = server.stored(workdir)
+            run.stored = server.stored(workdir)  # while it runs: Orthanc is asked over HTTP
         if run.stored != data.files:
             raise BenchError(f"stored {run.stored} of {data.files} files")
     except (BenchError, OSError, subprocess.SubprocessError) as e:
@@ -301,6 +311,7 @@ TARGETS = (
     ("dicomd", "storescp", 1.0, "bd"),
     ("dicomd", "storescp", 0.7, "ac"),
     ("dicomd", "pynetdicom", 4.0, "abcd"),
+    ("dicomd", "orthanc", 2.0, "abcd"),
     ("dicomd-relaxed", "storescp", 1.0, "abcd"),
 )
 RSS_LIMIT_MB = 100.0
@@ -344,8 +355,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scenarios", default="abcd", help="which of a b c d (default: abcd)")
     parser.add_argument(
         "--servers",
-        default="storescp,dicomd,dicomd-relaxed,pynetdicom",
-        help="comma-separated rows (default: all of storescp,dicomd,dicomd-relaxed,pynetdicom)",
+        default="storescp,dicomd,dicomd-relaxed,pynetdicom,orthanc",
+        help="comma-separated rows (default: all of "
+        "storescp,dicomd,dicomd-relaxed,pynetdicom,orthanc)",
     )
     parser.add_argument("--ct", type=int, default=400, help="CT instances (default 400)")
     parser.add_argument("--small", type=int, default=3000, help="small instances (default 3000)")
@@ -411,6 +423,7 @@ def _payload(
         "peers": {
             "dcmtk": common.dcmtk_version(tools.storescu),
             "pynetdicom": common.version_of("pynetdicom"),
+            "orthanc": orthanc_version(orthanc) if (orthanc := find_orthanc()) else None,
             "pydicom": common.version_of("pydicom"),
         },
         "options": {k: v for k, v in vars(args).items() if k != "no_json"},
