@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import HOST, count_files, free_port
-from bench.qrservers import ORTHANC_AET, orthanc_config, orthanc_instances
+from bench.qrservers import orthanc_config, orthanc_instances
 
 DICOMD_AET = "DICOMD"
 STORESCP_AET = "STORESCP"
-__all__ = ["DICOMD_AET", "ORTHANC_AET", "STORESCP_AET", "Server", "dicomd_accepts"]
 
 
 @dataclass(frozen=True, slots=True)

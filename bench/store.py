@@ -23,8 +23,8 @@ from typing import Any
 
 from bench import common
 from bench.common import HOST, MB, BenchError, Monitor, cpu_seconds
-from bench.qrservers import INSTALL, find_orthanc, orthanc_version
-from bench.servers import DICOMD_AET, ORTHANC_AET, STORESCP_AET, Server, dicomd_accepts
+from bench.qrservers import INSTALL, ORTHANC_AET, find_orthanc, orthanc_version
+from bench.servers import DICOMD_AET, STORESCP_AET, Server, dicomd_accepts
 from tests import dicomgen
 
 PARTS = 4  # the data are split into this many directories, one per concurrent association
