@@ -14,9 +14,9 @@ see FileStore.create_spool), not when it is taken: while the thread creates a fi
 holds the directory's lock, and the install's rename out of tmp/ would wait for it. Woken at
 take(), the thread's create and that rename met on every C-STORE: with creates at 1.1 ms, the
 rename took 390 us (CT) and 700 us (small instances) instead of 12 us; woken after it, 25 us and
-160 us (the next instance can still arrive before the create is over). The store never depends on the pool: when it is empty, or the thread cannot
-create files (a full disk), the caller creates its spool itself and meets the error there, where
-it is answered.
+160 us (the next instance can still arrive before the create is over). The store never depends
+on the pool: when it is empty, or the thread cannot create files (a full disk), the caller creates
+its spool itself and meets the error there, where it is answered.
 
 The pool takes the cost off the critical path, not off the machine: on a filesystem that creates
 slowly, the thread's kernel time competes with the rest of the server for the CPU.
