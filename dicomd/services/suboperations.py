@@ -7,8 +7,9 @@ Move Originator, counting outcomes, and, for C-MOVE, the destination's associati
 A mover process (net/mover_process.py) imports this module and not retrieve.py, and pydicom only
 when it must convert: it stays a small process.
 
-Stored files go out as they are on disk — streamed, not decoded — whenever the stored transfer syntax
-was accepted; that is also what makes a retrieved dataset byte-identical to the one received.
+Stored files go out as they are on disk — streamed, not decoded — whenever the stored transfer
+syntax was accepted; that is also what makes a retrieved dataset byte-identical to the one
+received.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ class LocalMover:
         unsent = job.targets
         while unsent and not cancel.cancel_requested:
             # A new association for what is left when the last one was aborted under a data set
-            # that failed half-sent (see SubOperations.run): one damaged file does not fail the rest.
+            # that failed half-sent (see SubOperations.run): one damaged file does not fail the
+            # rest.
             try:
                 outbound = await self._open_outbound(job.destination, _proposals(unsent))
             except Exception as e:

@@ -76,8 +76,9 @@ def _move_watching(
 async def test_two_moves_run_in_two_mover_processes_that_end_with_the_server(
     tmp_path: Path,
 ) -> None:
-    """A move of nothing needs no mover process. The first move is still running (its destination holds the first C-STORE for a second)
-    when the second starts: each goes to a mover process of its own, neither the server. Both
+    """A move of nothing needs no mover process. The first move is still running (its
+    destination holds the first C-STORE for a second) when the second starts: each goes to a
+    mover process of its own, neither the server. Both
     deliver every instance byte-identical with its originator. A SIGTERM does not end a mover
     process (the server's shutdown does), and after the server's shutdown none is left."""
     study_a = await asyncio.to_thread(make_study, tmp_path / "a", seed=1)

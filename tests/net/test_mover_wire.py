@@ -51,7 +51,10 @@ async def test_a_broken_link_is_a_wire_error(data: bytes, error: str) -> None:
 def test_a_mover_process_starts_without_loading_pydicom() -> None:
     # Each mover is a process of its own: what its modules import is paid in every one of them
     # (pydicom alone is about 11 MB of RSS). It loads pydicom only to convert a dataset.
-    probe = "import sys, dicomd.net.mover_process; print(sorted(m for m in sys.modules if m.startswith('pydicom')))"
+    probe = (
+        "import sys, dicomd.net.mover_process; "
+        "print(sorted(m for m in sys.modules if m.startswith('pydicom')))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
