@@ -395,7 +395,8 @@ def print_checks(checks: Sequence[dict[str, Any]], group: str) -> None:
     for c in checks:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[c["passed"]]
         value = "no result (a row failed)" if c["value"] is None else f"{c['value']:.2f}"
-        print(f"  [{mark}] ({c[group]}) {c['check']}: {value}")
+        note = f" ({c['note']})" if c.get("note") else ""
+        print(f"  [{mark}] ({c[group]}) {c['check']}: {value}{note}")
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
