@@ -10,8 +10,9 @@ synchronous=FULL) pays, on top of what storescp does (receive, create and write 
 
 This module measures those steps by themselves, one instance at a time, with no network, no
 parsing and no Python between them beyond the calls: a file of the scenario's size is created and
-written (not timed: storescp does that too), then the four steps are timed. The SQLite row is a
-lean one (a key, a number, a 2 KiB blob; one unique index), lighter than dicomd's.
+written (not timed: storescp does that too), then the four steps are timed (the directory's
+fsync is dicomd's own call). The SQLite row is a lean one (a key, a number, a 2 KiB blob; one
+unique index), lighter than dicomd's.
 
 The bound for a one-association scenario: if a server did everything storescp does per instance at
 storescp's own speed, then these steps, it would reach 1 / (1 / storescp's inst/s + their time).
@@ -28,6 +29,8 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from dicomd.storage.files import fsync_dir
 
 FANOUT = 256  # leaf directories, as the file store's fan-out spreads instances
 ROW_BLOB = 2048
@@ -60,7 +63,7 @@ def measure(directory: Path, size: int, count: int) -> Floor:
     leaves = [directory / "objects" / f"{i:02x}" for i in range(FANOUT)]
     for leaf in leaves:
         leaf.mkdir(parents=True)
-    _fsync_path(directory / "objects")
+    fsync_dir(directory / "objects")
     payload = os.urandom(size)
     blob = os.urandom(ROW_BLOB)
     db = sqlite3.connect(directory / "index.sqlite", isolation_level=None)
@@ -84,7 +87,7 @@ def measure(directory: Path, size: int, count: int) -> Floor:
             leaf = leaves[int(name[:2], 16) % FANOUT]
             os.replace(part, leaf / name)
             t2 = time.perf_counter()
-            _fsync_path(leaf)
+            fsync_dir(leaf)
             t3 = time.perf_counter()
             db.execute("BEGIN IMMEDIATE")
             db.execute("INSERT INTO row (uid, size, blob) VALUES (?, ?, ?)", (uid, size, blob))
@@ -98,11 +101,3 @@ def measure(directory: Path, size: int, count: int) -> Floor:
         db.close()
     fsync_us, rename_us, dir_fsync_us, commit_us = (statistics.fmean(t) for t in times)
     return Floor(size, count, fsync_us, rename_us, dir_fsync_us, commit_us)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -48,6 +48,7 @@ __all__ = [
     "StorageError",
     "StoredFile",
     "encode_file_meta",
+    "fsync_dir",
 ]
 
 # --- PS3.10 7.1 File Meta Information -------------------------------------------------------------
@@ -165,7 +166,9 @@ def _open_spool(path: Path) -> BinaryIO:
     return open(fd, "wb", buffering=0)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make `path`'s entries durable (a rename into it, a new subdirectory): fsync(2) of the
+    directory."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -345,8 +348,8 @@ class FileStore:
                     os.mkdir(new, _DIR_MODE)
                 if self._fsync:
                     for new in created:
-                        _fsync_dir(new)
-                        _fsync_dir(new.parent)
+                        fsync_dir(new)
+                        fsync_dir(new.parent)
             same_filesystem = os.stat(self._tmp).st_dev == os.stat(self._objects).st_dev
             self._create_fan_out()
         except OSError as exc:
@@ -367,7 +370,7 @@ class FileStore:
             if self._fsync:
                 # The new entries live in objects/: one fsync makes them all durable. Each leaf
                 # is fsynced by install() after a rename into it.
-                _fsync_dir(self._objects)
+                fsync_dir(self._objects)
         self._known_dirs.update(names)
 
     def create_spool(self, meta: FileMeta) -> Spool:
@@ -437,7 +440,7 @@ class FileStore:
         spool._mark_installed()  # tmp/ is free again: the spare pool refills (spares.py)
         if self._fsync:
             try:
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
             except OSError as exc:
                 raise _mapped(exc, f"syncing the directory of {relpath}") from exc
         return StoredFile(relpath, spool.size, spool.sha256())
@@ -467,7 +470,7 @@ class FileStore:
             raise _mapped(exc, f"removing {relpath}") from exc
         if self._fsync:
             try:
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
             except OSError as exc:
                 raise _mapped(exc, f"syncing the directory of {relpath}") from exc
 
@@ -487,7 +490,7 @@ class FileStore:
                             removed += spool
                             spares += not spool
             if (removed or spares) and self._fsync:
-                _fsync_dir(self._tmp)
+                fsync_dir(self._tmp)
         except OSError as exc:
             raise _mapped(exc, "cleaning tmp") from exc
         return removed
@@ -526,7 +529,7 @@ class FileStore:
                 # Each new directory's entry lives in its parent: fsync the parents. The leaf
                 # itself is fsynced by install() right after the rename, before anyone is told.
                 for parent in sorted({new.parent for new in created}, key=lambda p: -len(p.parts)):
-                    _fsync_dir(parent)
+                    fsync_dir(parent)
             self._known_dirs.add(key)
 
 

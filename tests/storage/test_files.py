@@ -365,13 +365,13 @@ def test_fan_out_is_created_once_when_the_store_is_new(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    real_fsync_dir = files_module._fsync_dir
+    real_fsync_dir = files_module.fsync_dir
 
     def fsync_dir(path: Path) -> None:
         synced.append(path)
         real_fsync_dir(path)
 
-    monkeypatch.setattr(files_module, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(files_module, "fsync_dir", fsync_dir)
     FileStore(tmp_path)
     objects = tmp_path / "objects"
     assert sorted(p.name for p in objects.iterdir()) == [f"{i:03x}" for i in range(4096)]
@@ -388,7 +388,7 @@ def test_install_fsyncs_file_and_final_dir_only(
     synced_dirs: list[Path] = []
     file_syncs: list[int] = []
     mkdirs: list[Path] = []
-    real_fsync_dir, real_fsync, real_mkdir = files_module._fsync_dir, os.fsync, os.mkdir
+    real_fsync_dir, real_fsync, real_mkdir = files_module.fsync_dir, os.fsync, os.mkdir
 
     def fsync_dir(path: Path) -> None:
         synced_dirs.append(path)
@@ -402,7 +402,7 @@ def test_install_fsyncs_file_and_final_dir_only(
         mkdirs.append(Path(path))
         real_mkdir(path, mode)
 
-    monkeypatch.setattr(files_module, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(files_module, "fsync_dir", fsync_dir)
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "mkdir", mkdir)
 
@@ -412,7 +412,7 @@ def test_install_fsyncs_file_and_final_dir_only(
     # The fan-out exists from the start: no mkdir; the file, then its directory after the rename.
     assert mkdirs == []
     assert synced_dirs == [leaf]
-    assert len(file_syncs) == 2  # the spool, and the directory (_fsync_dir calls os.fsync too)
+    assert len(file_syncs) == 2  # the spool, and the directory (fsync_dir calls os.fsync too)
 
     synced_dirs.clear()
     file_syncs.clear()
