@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,7 @@ def measure(directory: Path, size: int, count: int) -> Floor:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.execute("CREATE TABLE row (pk INTEGER PRIMARY KEY, uid TEXT UNIQUE, size INT, blob)")
-        times: list[list[float]] = [[], [], [], []]
+        totals = [0.0] * 4  # seconds in each step: fsync, rename, directory fsync, commit
         for n in range(count):
             uid = f"1.2.826.0.1.3680043.10.1.{n}"
             name = hashlib.sha256(uid.encode()).hexdigest()
@@ -93,11 +92,9 @@ def measure(directory: Path, size: int, count: int) -> Floor:
             db.execute("INSERT INTO row (uid, size, blob) VALUES (?, ?, ?)", (uid, size, blob))
             db.execute("COMMIT")
             t4 = time.perf_counter()
-            for series, (start, end) in zip(
-                times, ((t0, t1), (t1, t2), (t2, t3), (t3, t4)), strict=True
-            ):
-                series.append((end - start) * 1e6)
+            for step, (start, end) in enumerate(((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
+                totals[step] += end - start
     finally:
         db.close()
-    fsync_us, rename_us, dir_fsync_us, commit_us = (statistics.fmean(t) for t in times)
+    fsync_us, rename_us, dir_fsync_us, commit_us = (t / count * 1e6 for t in totals)
     return Floor(size, count, fsync_us, rename_us, dir_fsync_us, commit_us)

@@ -319,9 +319,7 @@ TARGETS = (
 RSS_LIMIT_MB = 100.0
 
 
-def check_targets(
-    results: dict[str, list[Run]], floors: dict[str, Floor] | None = None
-) -> list[dict[str, Any]]:
+def check_targets(results: dict[str, list[Run]], floors: dict[str, Floor]) -> list[dict[str, Any]]:
     """The verdicts; a durable target that the scenario's I/O floor puts out of reach on this
     machine (see floor.py) says so, with the most that the floor allows."""
     checks: list[dict[str, Any]] = []
@@ -340,7 +338,7 @@ def check_targets(
                 "value": value,
                 "passed": None if value is None else value >= minimum,
             }
-            allowed = _floor_allows(by_server, (floors or {}).get(key), server, theirs)
+            allowed = _floor_allows(by_server, floors.get(key), server, theirs)
             if allowed is not None:
                 check["floor_allows"] = allowed
                 if allowed < minimum:
@@ -364,9 +362,9 @@ def _floor_allows(
 ) -> float | None:
     """The highest ratio to `reference` that the I/O floor leaves a durable server, or None."""
     storescp = by_server.get("storescp")
-    if found is None or server != "dicomd" or storescp is None or storescp.status != "ok":
+    if found is None or server != "dicomd" or storescp is None:
         return None
-    if reference.status != "ok":
+    if storescp.status != "ok" or reference.status != "ok":
         return None
     return found.bound(storescp.instances_per_s) / reference.instances_per_s
 
